@@ -1,0 +1,225 @@
+"""The HTTP front door: OpenAI-compatible routes that validate, decode once and hand off to the pipeline.
+
+Holds no model. Every error becomes OpenAI's error shape here, in `error_response`, and nowhere else.
+"""
+
+
+import hmac
+import logging
+import time
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import ValidationError
+from ray import serve
+from starlette.datastructures import UploadFile
+
+from deployments.replica import route_logs_to_serve
+from serve_app import formats, media
+from serve_app.errors import (
+    BadRequest,
+    ModelUnavailable,
+    PayloadTooLarge,
+    ServiceError,
+    Unauthorized,
+    ValidationFailed,
+    error_body,
+)
+from serve_app.pipeline import TranscriptionPipeline, unwrap_remote_error
+from serve_app.schemas import TranscriptionRequest
+from serve_app.settings import AppArgs, ServiceSettings
+
+logger = logging.getLogger("transcription.ingress")
+
+api = FastAPI(title="Transcription service", version="0.1.0",
+              description="Speech to text with word timings and speakers; OpenAI-compatible audio API.")
+
+_MIB = 1024 * 1024
+_LIST_FIELDS = {"timestamp_granularities[]": "timestamp_granularities",
+                "timestamp_granularities": "timestamp_granularities"}
+
+
+def error_response(error: BaseException, request_id: str) -> JSONResponse:
+    """The one mapping from an exception to an HTTP answer; 500s carry no internals."""
+    error = unwrap_remote_error(error)
+    headers = {"x-request-id": request_id}
+    if isinstance(error, ServiceError):
+        if isinstance(error, ModelUnavailable):
+            headers["Retry-After"] = str(error.retry_after_s)
+        if error.status_code >= 500:
+            logger.warning("request %s: %s", request_id, error.message)
+        body = error_body(error.message, error.error_type, error.param, error.code)
+        return JSONResponse(body, status_code=error.status_code, headers=headers)
+    logger.exception("request %s failed", request_id, exc_info=error)
+    body = error_body(f"internal error; quote request id {request_id} when reporting it", "server_error")
+    return JSONResponse(body, status_code=500, headers=headers)
+
+
+def _validation_message(error: ValidationError) -> tuple[str, str | None]:
+    problems, first_field = [], None
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"]) or None
+        first_field = first_field or field
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field; see the API reference for accepted fields"
+        problems.append(f"{field}: {message}" if field else message)
+    return "; ".join(problems), first_field
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes `max_bytes` (no server limit exists)."""
+    declared = request.headers.get("content-length", "")
+    too_large = f"the upload is larger than this service's limit of {max_bytes / _MIB:.0f} MiB"
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise PayloadTooLarge(too_large, param="file")
+    chunks, received = [], 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > max_bytes:
+            raise PayloadTooLarge(too_large, param="file")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _parse_form(request: Request, body: bytes, task: str) -> tuple[TranscriptionRequest, bytes]:
+    """Parse the multipart form into the request model and the uploaded file's bytes."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ValidationFailed("send the request as multipart/form-data with the audio in a field named 'file'")
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await Request(request.scope, receive=replay).form(max_files=1, max_fields=64)
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise ValidationFailed("missing file: send the audio or video as a multipart field named 'file'",
+                               param="file")
+    fields: dict[str, Any] = {"task": task}
+    for key, value in form.multi_items():
+        if key == "file":
+            continue
+        if not isinstance(value, str):
+            raise BadRequest(f"field {key!r} must be text, not a file", param=key)
+        if key in _LIST_FIELDS:
+            fields.setdefault(_LIST_FIELDS[key], []).append(value)
+        elif key == "task":
+            raise BadRequest("the task follows from the route; do not send a 'task' field", param="task")
+        else:
+            fields[key] = value
+    if "model" not in fields:
+        raise ValidationFailed("missing model: send model=whisper-1 or an id from GET /v1/models", param="model")
+    try:
+        parsed = TranscriptionRequest.model_validate(fields)
+    except ValidationError as e:
+        message, field = _validation_message(e)
+        raise BadRequest(message, param=field) from None
+    data = await upload.read()
+    await form.close()
+    return parsed, data
+
+
+@serve.ingress(api)
+class TranscriptionIngress:
+    """Routes requests to the model deployments; CPU only, holds nothing heavy."""
+
+    def __init__(self, asr: Any, alignment: Any | None, diarization: Any | None, args: dict[str, Any]) -> None:
+        import ray
+
+        route_logs_to_serve()
+        self._args = AppArgs.model_validate(args)
+        self._settings = ServiceSettings()
+        self._asr, self._alignment, self._diarization = asr, alignment, diarization
+        self._pipeline = TranscriptionPipeline(asr, alignment, diarization,
+                                               self._args.alignment, put=ray.put,
+                                               model_aliases=frozenset(self._args.ingress.model_aliases))
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    async def _model_ids(self) -> list[str]:
+        """The ASR model being served now (a reconfigure may swap it) and the configured aliases."""
+        described = await self._asr.describe.remote()
+        return [described["model"], *self._args.ingress.model_aliases]
+
+    def _authorize(self, request: Request) -> None:
+        key = self._settings.api_key
+        if key is None:
+            return
+        sent = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(sent.encode(), key.get_secret_value().encode()):
+            raise Unauthorized("missing or wrong API key: send Authorization: Bearer <key>")
+
+    async def _transcribe(self, request: Request, task: str) -> Response:
+        request_id = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex[:16]}"
+        started = time.perf_counter()
+        try:
+            self._authorize(request)
+            limits = self._args.ingress
+            body = await _read_body(request, int(limits.max_upload_mib * _MIB))
+            parsed, data = await _parse_form(request, body, task)
+            del body
+            decoded = await media.decode_audio(data, max_duration_s=limits.max_audio_duration_s,
+                                               timeout_s=limits.decode_timeout_s,
+                                               memory_limit_mib=limits.decode_memory_limit_mib)
+            del data
+            transcript = await self._pipeline.run(decoded.samples, parsed)
+            subtitles = limits.subtitles.model_copy(update={
+                k: v for k, v in (("max_line_chars", parsed.max_line_chars),
+                                  ("max_cue_duration_s", parsed.max_cue_duration_s)) if v is not None})
+            content, media_type = formats.render(transcript, parsed.response_format,
+                                                 granularities=frozenset(parsed.timestamp_granularities),
+                                                 subtitles=subtitles)
+        except Exception as e:  # noqa: BLE001 - every failure is answered through error_response
+            return error_response(e, request_id)
+        logger.info("request %s: %s %.1f s of audio, %s, %.2f s", request_id, task, transcript.duration_s,
+                    parsed.response_format, time.perf_counter() - started)
+        headers = {"x-request-id": request_id}
+        if isinstance(content, dict):
+            return JSONResponse(content, headers=headers)
+        return PlainTextResponse(content, media_type=media_type, headers=headers)
+
+    # --- routes ---------------------------------------------------------------------------------
+
+    @api.post("/v1/audio/transcriptions")
+    async def transcriptions(self, request: Request) -> Response:
+        return await self._transcribe(request, "transcribe")
+
+    @api.post("/v1/audio/translations")
+    async def translations(self, request: Request) -> Response:
+        return await self._transcribe(request, "translate")
+
+    @api.get("/v1/models")
+    async def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [self._model_card(m) for m in await self._model_ids()]}
+
+    @api.get("/v1/models/status")
+    async def model_status(self) -> dict[str, Any]:
+        """Model, device, memory and last teardown report of each model deployment (one replica each)."""
+        handles = {"asr": self._asr, "alignment": self._alignment, "diarization": self._diarization}
+        statuses: dict[str, Any] = {}
+        for name, handle in handles.items():
+            if handle is None:
+                statuses[name] = {"enabled": False}
+                continue
+            try:
+                statuses[name] = await handle.status.remote()
+            except Exception as e:  # noqa: BLE001 - one unavailable deployment must not hide the others
+                statuses[name] = {"error": str(unwrap_remote_error(e))}
+        return {"deployments": statuses}
+
+    @api.get("/v1/models/{model_id:path}")
+    async def model(self, model_id: str) -> Response:
+        if model_id not in await self._model_ids():
+            body = error_body(f"no model {model_id!r}", "invalid_request_error", "model", "model_not_found")
+            return JSONResponse(body, status_code=404)
+        return JSONResponse(self._model_card(model_id))
+
+    @api.get("/health")
+    async def health(self) -> dict[str, str]:
+        return {"status": "ok"}
+
+    @staticmethod
+    def _model_card(model_id: str) -> dict[str, Any]:
+        return {"id": model_id, "object": "model", "created": 0, "owned_by": "transcription-service"}

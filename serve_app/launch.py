@@ -1,0 +1,127 @@
+"""Run the service from a Serve config file in the foreground, with a clean shutdown on Ctrl+C and SIGTERM.
+
+    python -m serve_app.launch [serve_config.cpu.yaml]
+
+It deploys the config exactly as `serve run CONFIG` does (Ray's own `ServeDeploySchema`, the same
+controller call), prints where to send requests once the app is running, and on SIGINT or SIGTERM
+shuts Serve down gracefully, so every replica runs its teardown and logs its report. (`serve run`
+itself dies at once on SIGTERM, which is what containers and systemd send.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Before Ray starts: replicas inherit the driver's environment on a local cluster.
+_PRIVATE_DEFAULTS = {
+    "PYANNOTE_METRICS_ENABLED": "0",  # pyannote.audio 4 reports usage to an outside endpoint by default
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "serve_config.cpu.yaml"
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None):
+    """Read a Serve config file and validate it with Ray's own schema; `overrides` merge into app 0's args."""
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load(Path(path).read_text())
+    if overrides:
+        app = raw["applications"][0]
+        app["args"] = _merge(app.get("args") or {}, overrides)
+    return ServeDeploySchema.model_validate(raw)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value
+    return merged
+
+
+def deploy(config, *, timeout_s: float = 600) -> str:
+    """Deploy a validated config onto the connected (or a new local) Ray cluster; returns the base URL."""
+    import ray
+    from ray.serve._private import api as serve_api  # what `serve run CONFIG` uses
+    from ray.serve._private.constants import SERVE_NAMESPACE
+
+    for key, value in _PRIVATE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if not ray.is_initialized():
+        ray.init(namespace=SERVE_NAMESPACE)
+    client = serve_api.serve_start(
+        http_options=config.http_options.model_dump(),
+        proxy_location=config.proxy_location,
+        global_logging_config=config.logging_config,
+    )
+    client.deploy_apps(config, _blocking=False)
+    wait_until_running([app.name for app in config.applications], timeout_s=timeout_s)
+    host = config.http_options.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{host}:{config.http_options.port}"
+
+
+def wait_until_running(app_names: list[str], *, timeout_s: float) -> None:
+    """Block until every named app is RUNNING; raise with Serve's message if one fails."""
+    from ray import serve
+    from ray.serve.schema import ApplicationStatus
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        statuses = serve.status().applications
+        states = {name: statuses[name].status if name in statuses else None for name in app_names}
+        failed = [n for n, s in states.items() if s == ApplicationStatus.DEPLOY_FAILED]
+        if failed:
+            raise RuntimeError(f"deploying {failed[0]} failed: {statuses[failed[0]].message}")
+        if all(s == ApplicationStatus.RUNNING for s in states.values()):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"apps not running after {timeout_s:.0f} s: {states}")
+        time.sleep(1)
+
+
+def _shutdown(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG), help="Serve config file")
+    options = parser.parse_args(argv)
+    from ray import serve
+
+    try:
+        url = deploy(load_config(options.config))
+        # After Ray starts: its core worker installs a SIGTERM handler that exits at once.
+        signal.signal(signal.SIGTERM, _shutdown)
+        print(f"\nTranscription service is up: {url}/v1/audio/transcriptions  (models: {url}/v1/models)",
+              flush=True)
+        print("Stop with Ctrl+C.", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        # A second signal (a supervisor repeating SIGTERM, Ctrl+C pressed twice) must not interrupt
+        # the teardown half-way: ignore it until Serve has stopped.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("\nShutting down: tearing down models...", flush=True)
+        serve.shutdown()
+        import ray
+
+        ray.shutdown()
+        print("Stopped.", flush=True)
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

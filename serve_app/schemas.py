@@ -1,0 +1,82 @@
+"""Wire models of the HTTP API: OpenAI's audio fields plus our extensions."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from serve_app.formats import ResponseFormat
+
+Task = Literal["transcribe", "translate"]
+Granularity = Literal["word", "segment"]
+
+# Formats whose rendering needs word timings.
+_WORD_FORMATS = {"srt", "vtt", "diarized_json"}
+
+
+def whisper_language_codes() -> frozenset[str]:
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    return frozenset(_LANGUAGE_CODES)
+
+
+class TranscriptionRequest(BaseModel):
+    """The form fields of POST /v1/audio/transcriptions and /v1/audio/translations (file aside)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Task = "transcribe"
+    model: str = Field(description="a model id from GET /v1/models (whisper-1 is accepted as an alias)")
+    language: str | None = Field(None, description="ISO 639-1 code of the spoken language; detected if absent")
+    prompt: str | None = Field(None, max_length=2000, description="text to condition the decoder on")
+    response_format: ResponseFormat = "json"
+    temperature: float | None = Field(None, ge=0.0, le=1.0, description="sampling temperature, 0 to 1")
+    timestamp_granularities: list[Granularity] = Field(
+        default_factory=lambda: ["segment"], description="word and/or segment (verbose_json only)")
+    diarize: bool = Field(False, description="label each segment and word with its speaker")
+    num_speakers: int | None = Field(None, ge=1, le=64, description="exact number of speakers, if known")
+    min_speakers: int | None = Field(None, ge=1, le=64, description="lower bound on the number of speakers")
+    max_speakers: int | None = Field(None, ge=1, le=64, description="upper bound on the number of speakers")
+    align: bool = Field(True, description="refine word timings with a wav2vec2 alignment model where one "
+                        "exists for the language; otherwise Whisper's own word timings are used")
+    max_line_chars: int | None = Field(None, ge=10, le=200, description="subtitle characters per line (srt/vtt)")
+    max_cue_duration_s: float | None = Field(None, ge=0.5, le=60, description="longest subtitle cue, seconds")
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        code = value.strip().lower()
+        if code not in whisper_language_codes():
+            raise ValueError(f"unknown language code {value!r}; use an ISO 639-1 code such as en, de, fr")
+        return code
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TranscriptionRequest:
+        if self.min_speakers and self.max_speakers and self.min_speakers > self.max_speakers:
+            raise ValueError(f"min_speakers ({self.min_speakers}) is greater than max_speakers "
+                             f"({self.max_speakers})")
+        if self.num_speakers and (
+            (self.min_speakers and self.num_speakers < self.min_speakers)
+            or (self.max_speakers and self.num_speakers > self.max_speakers)
+        ):
+            raise ValueError("num_speakers lies outside min_speakers..max_speakers; send one or the other")
+        if self.task == "translate" and self.response_format == "diarized_json":
+            raise ValueError("diarized_json is for transcriptions; use verbose_json with diarize=true "
+                             "for a translation with speakers")
+        if self.response_format == "diarized_json" or self.speaker_hints_given:
+            self.diarize = True
+        return self
+
+    @property
+    def speaker_hints_given(self) -> bool:
+        return any(v is not None for v in (self.num_speakers, self.min_speakers, self.max_speakers))
+
+    @property
+    def needs_words(self) -> bool:
+        """Whether the answer needs word timings (word granularity, subtitles, speakers per word)."""
+        if self.diarize or self.response_format in _WORD_FORMATS:
+            return True
+        return self.response_format == "verbose_json" and "word" in self.timestamp_granularities

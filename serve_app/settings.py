@@ -1,0 +1,51 @@
+"""Configuration: `AppArgs` (the `args` of serve_config.yaml) and process settings from the environment.
+
+Model settings are each deployment's `user_config`: `build_app` seeds them from `args`, and a
+`user_config` under the deployment in serve_config.yaml overrides them and can be changed in place
+(`serve deploy` of an edited config reconfigures the running replicas). Secrets never live here:
+they come from the environment (`ServiceSettings`), on Kubernetes from a Secret.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from deployments.alignment import AlignmentConfig
+from deployments.asr import AsrConfig
+from deployments.diarization import DiarizationConfig
+from serve_app.formats import SubtitleOptions
+
+
+class IngressConfig(BaseModel):
+    """Limits and defaults of the HTTP front door."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_upload_mib: float = Field(200, gt=0, description="largest accepted upload, MiB (413 above)")
+    max_audio_duration_s: float = Field(4 * 3600, gt=0, description="longest accepted audio, seconds (413 above)")
+    decode_timeout_s: float = Field(300, gt=0, description="wall-clock limit for decoding one upload, seconds")
+    decode_memory_limit_mib: int = Field(4096, ge=256, description="address-space limit of the decoder process, MiB")
+    model_aliases: list[str] = Field(["whisper-1"], description="extra model ids accepted in requests and "
+                                     "listed by GET /v1/models (so clients written for OpenAI work unchanged)")
+    subtitles: SubtitleOptions = Field(default_factory=SubtitleOptions, description="default subtitle layout")
+
+
+class AppArgs(BaseModel):
+    """The `args` of `serve_app.app:build_app`, validated once when the app is built."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ingress: IngressConfig = Field(default_factory=IngressConfig)
+    asr: AsrConfig = Field(default_factory=AsrConfig)
+    alignment: AlignmentConfig = Field(default_factory=AlignmentConfig)
+    diarization: DiarizationConfig = Field(default_factory=DiarizationConfig)
+    diarization_enabled: bool = Field(True, description="deploy the diarization deployment at all")
+
+
+class ServiceSettings(BaseSettings):
+    """Process settings and secrets, read from the environment only."""
+
+    model_config = SettingsConfigDict(env_prefix="TRANSCRIPTION_", extra="ignore")
+
+    api_key: SecretStr | None = Field(None, description="if set, requests must send Authorization: Bearer <key>")

@@ -1,0 +1,52 @@
+"""The official openai client, unchanged, against the running service."""
+
+from __future__ import annotations
+
+import io
+
+import openai
+import pytest
+
+from tests import speech
+from tests.integration.conftest import paragraph, paragraph_wav
+
+pytestmark = pytest.mark.serve
+
+
+@pytest.fixture(scope="module")
+def oai(base_url):
+    return openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=600)
+
+
+def upload():
+    return ("speech.wav", io.BytesIO(paragraph_wav()), "audio/wav")
+
+
+def test_transcriptions_create(oai):
+    result = oai.audio.transcriptions.create(model="whisper-1", file=upload())
+    assert speech.word_error_rate(paragraph()[1], result.text) < 0.15
+
+
+def test_word_timestamps(oai):
+    result = oai.audio.transcriptions.create(model="whisper-1", file=upload(), response_format="verbose_json",
+                                             timestamp_granularities=["word"])
+    assert result.language == "english" and result.duration > 5
+    assert len(result.words) >= 20
+    assert all(w.start <= w.end for w in result.words)
+    assert [w.start for w in result.words] == sorted(w.start for w in result.words)
+
+
+def test_srt_and_extensions_through_extra_body(oai):
+    result = oai.audio.transcriptions.create(model="whisper-1", file=upload(), response_format="srt",
+                                             extra_body={"max_cue_duration_s": 3})
+    assert isinstance(result, str) and " --> " in result
+
+
+def test_models_list(oai):
+    assert "whisper-1" in [m.id for m in oai.models.list().data]
+
+
+def test_errors_surface_as_openai_exceptions(oai):
+    with pytest.raises(openai.BadRequestError) as info:
+        oai.audio.transcriptions.create(model="whisper-1", file=upload(), language="xx")
+    assert "unknown language code" in info.value.message

@@ -1,0 +1,364 @@
+"""Synthetic speech with known text and known speaker turns, for tests.
+
+Drives the espeak-ng library that the ``espeakng-loader`` wheel ships (``libespeak-ng.so`` and its voice
+data) through ctypes, so no system package is needed. espeak-ng's voices and voice data are GPL-3.0-or-later;
+only generated audio is used here, nothing of espeak-ng is committed.
+
+Audio out is always mono float32 at 16 kHz in [-1, 1].
+
+- :func:`synthesize` speaks a text in one voice; :class:`VoiceSpec` names a voice with its parameters.
+- :func:`conversation` strings lines of several voices together and returns exact :class:`Turn` s.
+- :data:`PARAGRAPH`, :data:`CONVERSATION`, :data:`DISTINCT_VOICES`, :data:`CLEAR_VOICE`: fixed material;
+  :func:`sample_paragraph` and :func:`sample_conversation` make it once per process.
+- :func:`to_wav_bytes` for upload tests, :func:`word_error_rate` to score transcripts.
+
+The library is initialised once per process and every call holds a lock (espeak-ng is not re-entrant).
+Output is the same in every fresh process for the same sequence of calls, but two calls in one process can
+differ by a few milliseconds and in their samples: espeak-ng's waveform generator carries its phase from one
+utterance into the next. Assert on text, turns and tolerances, never on exact samples or lengths.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import re
+import threading
+import wave
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from math import gcd
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+
+# espeak_AUDIO_OUTPUT: synthesise into a callback and return when done.
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+# espeak_PARAMETER
+_ESPEAK_RATE = 1
+_ESPEAK_VOLUME = 2
+_ESPEAK_PITCH = 3
+_ESPEAK_RANGE = 4
+# espeak_POSITION_TYPE
+_POS_CHARACTER = 1
+# espeak_Synth flags
+_ESPEAK_CHARS_UTF8 = 1
+
+_SYNTH_CALLBACK = ctypes.CFUNCTYPE(
+    ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
+)
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_native_rate = 0
+_chunks: list[np.ndarray] = []
+
+
+def _on_samples(wav, numsamples, _events):  # called by espeak-ng inside espeak_Synth, under _lock
+    if wav and numsamples > 0:
+        _chunks.append(np.ctypeslib.as_array(wav, shape=(numsamples,)).copy())
+    return 0  # 0: go on synthesising
+
+
+# Kept referenced for the life of the process: espeak-ng holds the pointer.
+_callback = _SYNTH_CALLBACK(_on_samples)
+
+
+def _load() -> ctypes.CDLL:
+    """Load and initialise libespeak-ng once per process. Call with _lock held."""
+    global _lib, _native_rate
+    if _lib is not None:
+        return _lib
+    import espeakng_loader
+
+    lib = ctypes.CDLL(espeakng_loader.get_library_path())
+    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.espeak_Initialize.restype = ctypes.c_int
+    lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
+    lib.espeak_SetSynthCallback.restype = None
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    lib.espeak_SetVoiceByName.restype = ctypes.c_int
+    lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.espeak_SetParameter.restype = ctypes.c_int
+    lib.espeak_Synth.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_uint,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_uint,
+        ctypes.POINTER(ctypes.c_uint),
+        ctypes.c_void_p,
+    ]
+    lib.espeak_Synth.restype = ctypes.c_int
+    lib.espeak_Synchronize.argtypes = []
+    lib.espeak_Synchronize.restype = ctypes.c_int
+
+    rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0)
+    if rate <= 0:
+        raise RuntimeError(f"espeak_Initialize failed ({rate})")
+    lib.espeak_SetSynthCallback(_callback)
+    _lib, _native_rate = lib, rate  # 22,050 Hz
+    return lib
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:  # EE_OK
+        raise RuntimeError(f"{what} failed (espeak_ERROR {rc})")
+
+
+def synthesize_native(
+    text: str, voice: str = "en-us", *, rate_wpm: int = 160, pitch: int = 50, pitch_range: int = 50
+) -> tuple[np.ndarray, int]:
+    """espeak-ng's own output: int16 samples and their rate (22,050 Hz)."""
+    if not text.strip():
+        raise ValueError("empty text")
+    data = text.encode("utf-8") + b"\0"
+    with _lock:
+        lib = _load()
+        _check(lib.espeak_SetVoiceByName(voice.encode()), f"espeak_SetVoiceByName({voice!r})")
+        # Set after the voice, every time: nothing carries over from the previous caller.
+        _check(lib.espeak_SetParameter(_ESPEAK_RATE, int(rate_wpm), 0), "espeak_SetParameter(rate)")
+        _check(lib.espeak_SetParameter(_ESPEAK_VOLUME, 100, 0), "espeak_SetParameter(volume)")
+        _check(lib.espeak_SetParameter(_ESPEAK_PITCH, int(pitch), 0), "espeak_SetParameter(pitch)")
+        _check(lib.espeak_SetParameter(_ESPEAK_RANGE, int(pitch_range), 0), "espeak_SetParameter(range)")
+        _chunks.clear()
+        try:
+            _check(
+                lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None),
+                "espeak_Synth",
+            )
+            _check(lib.espeak_Synchronize(), "espeak_Synchronize")
+            samples = np.concatenate(_chunks) if _chunks else np.zeros(0, np.int16)
+        finally:
+            _chunks.clear()
+        return samples.astype(np.int16, copy=False), _native_rate
+
+
+@lru_cache(maxsize=8)
+def _filter_bank(up: int, down: int, half_taps: int) -> tuple[np.ndarray, int]:
+    """Kaiser-windowed sinc low-pass, one row of taps per output phase (there are ``up`` phases)."""
+    cutoff = 0.94 * min(1.0, up / down)  # as a fraction of the input Nyquist
+    half = int(np.ceil(half_taps / cutoff))
+    taps = np.arange(-half + 1, half + 1)
+    d = (np.arange(up) / up)[:, None] - taps[None, :]  # distance from each tap, in input samples
+    window = np.i0(8.6 * np.sqrt(np.clip(1.0 - (d / half) ** 2, 0.0, None))) / np.i0(8.6)
+    return (cutoff * np.sinc(cutoff * d) * window).astype(np.float32), half
+
+
+def resample(
+    samples: np.ndarray, from_rate: int, to_rate: int = SAMPLE_RATE, *, half_taps: int = 24
+) -> np.ndarray:
+    """Band-limited resampling of mono audio (polyphase windowed sinc) in numpy alone.
+
+    scipy.signal.resample_poly would do as well, but importing scipy.signal costs seconds.
+    """
+    x = np.asarray(samples, dtype=np.float64).reshape(-1)
+    if from_rate == to_rate or x.size == 0:
+        return x.astype(np.float32)
+    g = gcd(from_rate, to_rate)
+    up, down = to_rate // g, from_rate // g
+    bank, half = _filter_bank(up, down, half_taps)
+    offsets = np.arange(-half + 1, half + 1) + half
+    xp = np.concatenate([np.zeros(half, np.float32), x.astype(np.float32), np.zeros(half + 1, np.float32)])
+    n_out = -(-x.size * up // down)  # ceil
+    out = np.empty(n_out, np.float32)
+    block = 16384
+    for b in range(0, n_out, block):
+        n = np.arange(b, min(n_out, b + block))
+        base, phase = np.divmod(n * down, up)  # input sample at or before output n, and the fraction past it
+        out[b : b + n.size] = np.einsum("ij,ij->i", xp[base[:, None] + offsets], bank[phase])
+    return out
+
+
+def synthesize(
+    text: str, voice: str = "en-us", *, rate_wpm: int = 160, pitch: int = 50, pitch_range: int = 50
+) -> np.ndarray:
+    """Speak ``text`` with an espeak-ng voice ("en-us", "en-gb-x-rp+f3", ...): float32, 16 kHz, mono.
+
+    ``rate_wpm`` is words per minute (80-450), ``pitch`` and ``pitch_range`` 0-100 (50 is the voice's own).
+    Leading and trailing silence is kept as espeak-ng makes it; see :func:`trim_silence`.
+    """
+    native, rate = synthesize_native(text, voice, rate_wpm=rate_wpm, pitch=pitch, pitch_range=pitch_range)
+    out = resample(native.astype(np.float32) / 32768.0, rate, SAMPLE_RATE)
+    return np.clip(out, -1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class VoiceSpec:
+    """An espeak-ng voice ("language+variant") with the parameters to speak it with."""
+
+    name: str
+    rate_wpm: int = 160
+    pitch: int = 50
+    pitch_range: int = 50
+
+    def synthesize(self, text: str) -> np.ndarray:
+        return synthesize(
+            text, self.name, rate_wpm=self.rate_wpm, pitch=self.pitch, pitch_range=self.pitch_range
+        )
+
+
+@dataclass
+class Turn:
+    """One utterance in a :func:`conversation`: who spoke, what, and its voiced span in seconds."""
+
+    speaker: str
+    text: str
+    start_s: float
+    end_s: float
+
+
+def voiced_bounds(samples: np.ndarray, *, threshold_db: float = -45.0, frame: int = 160) -> tuple[int, int]:
+    """First and one-past-last sample of the voiced region: 10 ms frames within ``threshold_db`` of the
+    loudest frame. Returns (0, 0) for silence."""
+    x = np.asarray(samples, dtype=np.float32)
+    n = x.size // frame
+    if n == 0:
+        return (0, 0)
+    rms = np.sqrt(np.mean(np.square(x[: n * frame].reshape(n, frame)), axis=1))
+    peak = float(rms.max())
+    if peak <= 0.0:
+        return (0, 0)
+    active = np.flatnonzero(rms >= peak * 10 ** (threshold_db / 20))
+    return int(active[0] * frame), int(min(x.size, (active[-1] + 1) * frame))
+
+
+def trim_silence(samples: np.ndarray) -> np.ndarray:
+    start, end = voiced_bounds(samples)
+    return np.asarray(samples, dtype=np.float32)[start:end]
+
+
+def conversation(
+    lines: Sequence[tuple[str, str]],
+    voices: Mapping[str, VoiceSpec | str],
+    gap_s: float = 0.6,
+    *,
+    lead_s: float = 0.3,
+) -> tuple[np.ndarray, list[Turn]]:
+    """Speak ``(speaker, text)`` lines one after another, each in ``voices[speaker]``, with ``gap_s`` of
+    silence between them (and ``lead_s`` before the first and after the last).
+
+    Each utterance is trimmed to its voiced region before it is placed, so every :class:`Turn`'s
+    ``start_s``/``end_s`` is exactly where its speech begins and ends in the returned 16 kHz audio.
+    """
+    gap = np.zeros(round(gap_s * SAMPLE_RATE), np.float32)
+    lead = np.zeros(round(lead_s * SAMPLE_RATE), np.float32)
+    pieces: list[np.ndarray] = [lead]
+    turns: list[Turn] = []
+    pos = lead.size
+    for i, (speaker, text) in enumerate(lines):
+        spec = voices[speaker]
+        spec = VoiceSpec(spec) if isinstance(spec, str) else spec
+        utterance = trim_silence(spec.synthesize(text))
+        if i:
+            pieces.append(gap)
+            pos += gap.size
+        pieces.append(utterance)
+        turns.append(Turn(speaker, text, pos / SAMPLE_RATE, (pos + utterance.size) / SAMPLE_RATE))
+        pos += utterance.size
+    pieces.append(lead)
+    return np.concatenate(pieces), turns
+
+
+def to_wav_bytes(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """Mono 16-bit PCM WAV of float samples in [-1, 1]."""
+    pcm = np.clip(np.round(np.asarray(samples, dtype=np.float32) * 32767.0), -32768, 32767).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm.tobytes())
+    return buf.getvalue()
+
+
+_PUNCT = re.compile(r"[^\w\s]")
+
+
+def normalize_text(text: str) -> str:
+    """Lowercase, drop apostrophes ("don't" -> "dont"), other punctuation to spaces, collapse spaces."""
+    text = text.lower().replace("'", "").replace("\u2019", "")
+    return " ".join(_PUNCT.sub(" ", text).split())
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """WER after :func:`normalize_text` on both sides (jiwer). An empty reference is an error."""
+    import jiwer
+
+    ref, hyp = normalize_text(reference), normalize_text(hypothesis)
+    if not ref:
+        raise ValueError("reference has no words")
+    if not hyp:
+        return 1.0
+    return float(jiwer.wer(ref, hyp))
+
+
+# --- Fixed material -------------------------------------------------------------------------------------
+
+# About ten seconds at 160 words per minute. Everyday words, American spelling, no numbers, abbreviations,
+# contractions or hyphens: nothing a correct transcript could write two ways.
+PARAGRAPH = (
+    "We walked to the market early this morning. My sister bought fresh bread and a bag of green apples. "
+    "Then we sat under the old tree in the garden and talked about the summer."
+)
+
+# The clearest voice to Whisper: tiny.en transcribes PARAGRAPH in it at WER 0.03 (plain "en-us": 0.24).
+CLEAR_VOICE = VoiceSpec("en-us+klatt")
+
+# Voices that CAM++ (the speaker embedding the diarization pipeline uses) keeps far apart, and that Whisper
+# still transcribes well. CAM++ cosine similarity between different sentences (8 sentences of 3-6 s per
+# voice): same voice 0.87-0.90 on average (lowest pair 0.82); across these four 0.26-0.39 on average
+# (highest pair 0.49). In CONVERSATION, turn against turn: same speaker >= 0.77, other speakers <= 0.47.
+# By contrast the plain accents ("en-us", "en-gb-x-rp", "en-029", "en-gb-scotland") score 0.87-0.89
+# against each other, as high as one voice against itself, and pitch, range and rate barely matter ("en-us"
+# at pitch 15, range 95 or rate 120-220 scores 0.87-0.91 against "en-us" at defaults): neither makes
+# another speaker; the variants' formants and voice quality do. tiny.en WER on 20 sentences per voice:
+# 0.03-0.07 (beam 5). The female "en-us+Alicia" is as far from these (0.32-0.34) but tiny.en misreads it
+# (WER 0.25); "en-us+f3" is clear (0.11) but closer to them (0.38-0.45).
+DISTINCT_VOICES: dict[str, VoiceSpec] = {
+    "alex": VoiceSpec("en-us+michel"),  # male, pitch 82-122 Hz, reshaped formants, weak voicing
+    "ben": VoiceSpec("en-us+caleb"),  # whispered: Klatt synthesiser, no voicing, all breath
+    "carl": VoiceSpec("en-us+marcelo"),  # male, pitch 65-115 Hz, strongly shifted formants
+    "dan": VoiceSpec("en-us+croak"),  # male, pitch 85-117 Hz, heavy pitch flutter
+}
+
+# Three speakers, nine alternating lines of two to three seconds each.
+CONVERSATION: list[tuple[str, str]] = [
+    ("alex", "Good morning, did you both sleep well last night?"),
+    ("ben", "Not really, the wind kept rattling the window in my room."),
+    ("carl", "I slept like a rock, but I could use a cup of coffee."),
+    ("alex", "There is a fresh pot in the kitchen, so help yourself."),
+    ("ben", "Thank you. Should we still go for a walk by the river today?"),
+    ("carl", "I would like that, as long as it does not start to rain."),
+    ("alex", "The forecast said the clouds should clear before lunch."),
+    ("ben", "Then let us leave after breakfast and bring some sandwiches."),
+    ("carl", "Good plan, I will pack the bag while you finish eating."),
+]
+
+
+@lru_cache(maxsize=1)
+def _sample_paragraph() -> np.ndarray:
+    audio = CLEAR_VOICE.synthesize(PARAGRAPH)
+    audio.flags.writeable = False
+    return audio
+
+
+def sample_paragraph() -> np.ndarray:
+    """:data:`PARAGRAPH` in :data:`CLEAR_VOICE`, made once per process; a fresh copy each call."""
+    return _sample_paragraph().copy()
+
+
+@lru_cache(maxsize=1)
+def _sample_conversation() -> tuple[np.ndarray, tuple[Turn, ...]]:
+    audio, turns = conversation(CONVERSATION, DISTINCT_VOICES)
+    audio.flags.writeable = False
+    return audio, tuple(turns)
+
+
+def sample_conversation() -> tuple[np.ndarray, list[Turn]]:
+    """:data:`CONVERSATION` in :data:`DISTINCT_VOICES` with 0.6 s gaps, made once per process."""
+    audio, turns = _sample_conversation()
+    return audio.copy(), [Turn(t.speaker, t.text, t.start_s, t.end_s) for t in turns]

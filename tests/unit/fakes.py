@@ -1,0 +1,60 @@
+"""Fake deployment handles: the pipeline's orchestration tested without Ray or models."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+
+class FakeResponse:
+    """Awaitable like a DeploymentResponse; runs the fake method when awaited."""
+
+    def __init__(self, fn: Callable[[], Any], log: list[str], name: str) -> None:
+        self._fn, self._log, self._name = fn, log, name
+        self.cancelled = False
+
+    def __await__(self):
+        return self._run().__await__()
+
+    async def _run(self) -> Any:
+        await asyncio.sleep(0)
+        self._log.append(f"{self._name}:done")
+        return self._fn()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeMethod:
+    def __init__(self, handle: FakeHandle, name: str, fn: Callable[..., Any]) -> None:
+        self._handle, self._name, self._fn = handle, name, fn
+
+    def remote(self, *args: Any) -> FakeResponse:
+        self._handle.calls.append((self._name, args, dict(self._handle.pending_options)))
+        self._handle.log.append(f"{self._name}:sent")
+        options, self._handle.pending_options = self._handle.pending_options, {}
+        response = FakeResponse(lambda: self._fn(*args, **options), self._handle.log, self._name)
+        self._handle.responses.append(response)
+        return response
+
+
+class FakeHandle:
+    """`handle.method.remote(...)` and `handle.options(...).method.remote(...)` over plain functions."""
+
+    def __init__(self, log: list[str], **methods: Callable[..., Any]) -> None:
+        self.log = log
+        self.calls: list[tuple[str, tuple, dict]] = []
+        self.responses: list[FakeResponse] = []
+        self.pending_options: dict[str, Any] = {}
+        self._methods = methods
+
+    def options(self, **options: Any) -> FakeHandle:
+        self.pending_options = options
+        return self
+
+    def __getattr__(self, name: str) -> FakeMethod:
+        methods = self.__dict__.get("_methods", {})
+        if name not in methods:
+            raise AttributeError(name)
+        return FakeMethod(self, name, methods[name])

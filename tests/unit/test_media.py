@@ -1,0 +1,489 @@
+"""serve_app.media: decoding untrusted uploads to 16 kHz mono float32 in a child process.
+
+All media is made here with PyAV's bundled FFmpeg: a 1 kHz sine at amplitude 0.5, so the decoded
+signal's level (RMS 0.354) and frequency (1 kHz, which only comes out right at 16 kHz) are known.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from serve_app import media
+from serve_app.errors import AudioTooLong, InvalidAudio, NoAudioStream, PayloadTooLarge, ServiceError
+from serve_app.media import DecodedAudio, decode_audio, decode_audio_sync
+
+TONE_HZ = 1000.0
+AMPLITUDE = 0.5
+TONE_RMS = AMPLITUDE / np.sqrt(2)
+LIMIT_S = 60.0  # max_duration_s where the test is not about the limit
+
+
+# ----------------------------------------------------------------------------------------------
+# Making test media
+# ----------------------------------------------------------------------------------------------
+
+
+def _tone(seconds: float, rate: int, channels: int) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
+    return np.tile(AMPLITUDE * np.sin(2 * np.pi * TONE_HZ * t), (channels, 1)).astype(np.float32)
+
+
+def _encode_audio_into(out: av.container.OutputContainer, codec: str, seconds: float, rate: int, layout: str):
+    stream = out.add_stream(codec, rate=rate, layout=layout)
+    tone = av.AudioFrame.from_ndarray(
+        _tone(seconds, rate, stream.codec_context.layout.nb_channels), format="fltp", layout=layout
+    )
+    tone.sample_rate = rate
+    # Encoders want their own sample format and, for most codecs, a fixed frame size.
+    fit = av.AudioResampler(
+        format=stream.codec_context.codec.audio_formats[0].name,
+        layout=layout,
+        rate=rate,
+        frame_size=stream.codec_context.frame_size or 1024,
+    )
+    return stream, fit.resample(tone) + fit.resample(None)
+
+
+@functools.cache
+def encode_audio(
+    fmt: str, codec: str, *, seconds: float = 2.0, rate: int = 44100, layout: str = "stereo"
+) -> bytes:
+    """A `seconds`-long tone, every channel the same, as a `fmt` file."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=fmt) as out:
+        stream, frames = _encode_audio_into(out, codec, seconds, rate, layout)
+        for frame in [*frames, None]:
+            out.mux(stream.encode(frame))
+    return buf.getvalue()
+
+
+def _video_codec() -> str:
+    return "libx264" if "libx264" in av.codecs_available else "mpeg4"
+
+
+@functools.cache
+def encode_video(*, with_audio: bool, seconds: float = 2.0) -> bytes:
+    """An MP4 with a small 10 fps video stream and, if asked, an AAC tone."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as out:
+        video = out.add_stream(_video_codec(), rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        if with_audio:
+            audio, audio_frames = _encode_audio_into(out, "aac", seconds, 44100, "mono")
+        for i in range(round(seconds * 10)):
+            picture = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 10, np.uint8), format="rgb24")
+            picture.pts = i
+            out.mux(video.encode(picture))
+        out.mux(video.encode(None))
+        if with_audio:
+            for frame in [*audio_frames, None]:
+                out.mux(audio.encode(frame))
+    return buf.getvalue()
+
+
+@functools.cache
+def mp3_with_cover_art() -> bytes:
+    """An MP3 carrying a JPEG cover: FFmpeg shows it as a video stream marked attached_pic."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp3") as out:
+        audio, frames = _encode_audio_into(out, "libmp3lame", 1.0, 44100, "mono")
+        cover = out.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 16, 16, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
+        out.mux(cover.encode(picture.reformat(format="yuvj420p")))
+        out.mux(cover.encode(None))
+        for frame in [*frames, None]:
+            out.mux(audio.encode(frame))
+    return buf.getvalue()
+
+
+def flac_declaring(total_samples: int, *, seconds: float) -> bytes:
+    """A 16 kHz FLAC of `seconds` whose STREAMINFO claims `total_samples` (0 means "unknown")."""
+    data = bytearray(encode_audio("flac", "flac", seconds=seconds, rate=16000, layout="mono"))
+    assert data[:4] == b"fLaC"
+    # STREAMINFO starts at byte 8; its 36-bit total sample count fills bytes 21 (low 4 bits) to 25.
+    data[21] = (data[21] & 0xF0) | (total_samples >> 32)
+    data[22:26] = (total_samples & 0xFFFFFFFF).to_bytes(4, "big")
+    return bytes(data)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def assert_tone(decoded: DecodedAudio, *, seconds: float, tolerance_s: float = 0.003) -> None:
+    samples = decoded.samples
+    assert samples.dtype == np.float32 and samples.ndim == 1 and samples.flags.writeable
+    assert decoded.duration_s == pytest.approx(len(samples) / 16000)
+    assert decoded.duration_s == pytest.approx(seconds, abs=tolerance_s)
+    middle = samples[len(samples) // 4 : 3 * len(samples) // 4]  # away from codec start-up effects
+    assert np.sqrt(np.mean(middle**2)) == pytest.approx(TONE_RMS, rel=0.1)
+    assert np.abs(samples).max() < 1.0
+    spectrum = np.abs(np.fft.rfft(middle))
+    assert np.fft.rfftfreq(len(middle), 1 / 16000)[spectrum.argmax()] == pytest.approx(TONE_HZ, abs=5)
+
+
+def assert_says(error: pytest.ExceptionInfo[ServiceError], *phrases: str) -> None:
+    message = str(error.value)
+    for phrase in phrases:
+        assert phrase.lower() in message.lower(), message
+    # No internals: no traceback, no FFmpeg error text, no path.
+    assert not any(internal in message for internal in ("Traceback", "Errno", "/etc", "/tmp")), message
+
+
+class AccessWatch:
+    """Notices anything opening a FIFO or connecting to a local TCP port while it is active.
+
+    A decoder that followed a playlist entry `file://<fifo>` or `http://127.0.0.1:<port>/` would
+    show up in `accesses`.
+    """
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.fifo = tmp_path / "secret.ts"
+        os.mkfifo(self.fifo)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.05)
+        self.port = self.server.getsockname()[1]
+        self.accesses: list[str] = []
+        self._done = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._watch_fifo, daemon=True),
+            threading.Thread(target=self._watch_port, daemon=True),
+        ]
+
+    def _watch_fifo(self) -> None:
+        fd = os.open(self.fifo, os.O_WRONLY)  # blocks until someone opens the FIFO to read
+        if not self._done.is_set():
+            self.accesses.append(f"opened {self.fifo}")
+        os.close(fd)
+
+    def _watch_port(self) -> None:
+        while not self._done.is_set():
+            try:
+                connection, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            self.accesses.append(f"connection to port {self.port}")
+            connection.close()
+
+    def __enter__(self) -> AccessWatch:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        release = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK)  # lets the FIFO watcher return
+        for thread in self._threads:
+            thread.join(5)
+        os.close(release)
+        self.server.close()
+
+
+class NamedBytesIO(io.BytesIO):
+    """An upload with a file name, as FFmpeg's probes see it when the name is passed along:
+    the HLS probe only claims data from a file named *.m3u8."""
+
+    def __init__(self, data: bytes, name: str) -> None:
+        super().__init__(data)
+        self.name = name
+
+
+def hls_playlist(watch: AccessWatch) -> bytes:
+    return (
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:0\n"
+        f"#EXTINF:10.0,\nfile://{watch.fifo}\n"
+        "#EXTINF:10.0,\nfile:///etc/passwd\n"
+        f"#EXTINF:10.0,\nhttp://127.0.0.1:{watch.port}/x.ts\n"
+        "#EXT-X-ENDLIST\n"
+    ).encode()
+
+
+def ffconcat_script(watch: AccessWatch) -> bytes:
+    return (
+        f"ffconcat version 1.0\nfile 'file:{watch.fifo}'\nfile /etc/passwd\n"
+        f"file 'http://127.0.0.1:{watch.port}/x.wav'\n"
+    ).encode()
+
+
+# ----------------------------------------------------------------------------------------------
+# Media that decodes
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fmt", "codec", "rate", "container", "codec_name", "tolerance_s"),
+    [
+        ("wav", "pcm_s16le", 44100, "wav", "pcm_s16le", 0.003),
+        ("mp3", "libmp3lame", 44100, "mp3", "mp3", 0.003),
+        ("flac", "flac", 48000, "flac", "flac", 0.003),
+        # PyAV's MP4 muxer writes no edit list, so AAC's priming and padding (~44 ms) stay in.
+        ("ipod", "aac", 44100, "mov,mp4,m4a,3gp,3g2,mj2", "aac", 0.05),
+        ("ogg", "libopus", 48000, "ogg", "opus", 0.003),
+        ("webm", "libopus", 48000, "matroska,webm", "opus", 0.003),
+    ],
+)
+async def test_audio_formats_decode_to_16k_mono_float32(fmt, codec, rate, container, codec_name, tolerance_s):
+    if codec not in av.codecs_available:
+        pytest.skip(f"this FFmpeg build has no {codec} encoder")
+    decoded = await decode_audio(encode_audio(fmt, codec, rate=rate), max_duration_s=LIMIT_S)
+
+    assert_tone(decoded, seconds=2.0, tolerance_s=tolerance_s)
+    assert (decoded.container, decoded.codec, decoded.had_video) == (container, codec_name, False)
+
+
+async def test_video_with_sound_gives_its_audio():
+    decoded = await decode_audio(encode_video(with_audio=True), max_duration_s=LIMIT_S)
+
+    assert_tone(decoded, seconds=2.0, tolerance_s=0.05)
+    assert (decoded.codec, decoded.had_video) == ("aac", True)
+
+
+async def test_cover_art_is_not_video():
+    decoded = await decode_audio(mp3_with_cover_art(), max_duration_s=LIMIT_S)
+
+    assert_tone(decoded, seconds=1.0)
+    assert decoded.had_video is False
+
+
+async def test_surround_is_averaged_to_mono_without_clipping():
+    decoded = await decode_audio(encode_audio("wav", "pcm_s16le", layout="5.1"), max_duration_s=LIMIT_S)
+
+    assert_tone(decoded, seconds=2.0)  # six channels of 0.5 come out at 0.5, not 1.7
+    assert np.abs(decoded.samples).max() < 0.51
+
+
+def test_sync_variant():
+    decoded = decode_audio_sync(encode_audio("wav", "pcm_s16le"), max_duration_s=LIMIT_S)
+
+    assert_tone(decoded, seconds=2.0)
+
+
+async def test_truncated_file_with_a_decodable_start_gives_that_start():
+    # Like the ffmpeg tool: an upload cut short still yields the audio before the cut.
+    mp3 = encode_audio("mp3", "libmp3lame")
+    decoded = await decode_audio(mp3[: len(mp3) // 2], max_duration_s=LIMIT_S)
+
+    assert 0.5 < decoded.duration_s < 1.5
+
+
+# ----------------------------------------------------------------------------------------------
+# Uploads that are refused
+# ----------------------------------------------------------------------------------------------
+
+
+async def test_empty_upload():
+    with pytest.raises(InvalidAudio) as error:
+        await decode_audio(b"", max_duration_s=LIMIT_S)
+    assert_says(error, "the uploaded file is empty")
+
+
+async def test_upload_over_the_size_limit():
+    with pytest.raises(PayloadTooLarge) as error:
+        await decode_audio(b"x" * 1001, max_duration_s=LIMIT_S, max_bytes=1000)
+    assert_says(error, "1001 bytes", "at most 1000 bytes")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(np.random.default_rng(0).bytes(100_000), id="random-bytes"),
+        pytest.param(b"Meeting notes, 3 March.\n" * 200, id="text"),
+        pytest.param(encode_audio("mp3", "libmp3lame")[:200], id="mp3-first-200-bytes"),
+        pytest.param(encode_video(with_audio=True)[:200], id="mp4-first-200-bytes"),
+        # PyAV's MP4 muxer puts the index (moov) last: an upload cut in half has none.
+        pytest.param(encode_video(with_audio=True)[:10_000], id="mp4-cut-before-its-index"),
+    ],
+)
+async def test_not_media_or_cut_off_before_the_audio(data):
+    with pytest.raises(InvalidAudio) as error:
+        await decode_audio(data, max_duration_s=LIMIT_S)
+    assert_says(error, "not recognised as audio or video", "damaged or truncated", "WAV, MP3, FLAC")
+
+
+async def test_header_without_audio_data():
+    with pytest.raises(InvalidAudio) as error:
+        await decode_audio(encode_audio("wav", "pcm_s16le")[:100], max_duration_s=LIMIT_S)
+    assert_says(error, "no audio could be decoded", "re-encode it as WAV")
+
+
+async def test_video_without_sound():
+    with pytest.raises(NoAudioStream) as error:
+        await decode_audio(encode_video(with_audio=False), max_duration_s=LIMIT_S)
+    assert_says(error, "the file has no audio stream", "a video with sound")
+
+
+# ----------------------------------------------------------------------------------------------
+# Uploads that try to make FFmpeg open other files or URLs
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make_script", [hls_playlist, ffconcat_script], ids=["hls", "ffconcat"])
+async def test_playlists_are_refused_without_opening_anything(make_script, tmp_path):
+    with AccessWatch(tmp_path) as watch:
+        with pytest.raises(InvalidAudio) as error:
+            await decode_audio(make_script(watch), max_duration_s=LIMIT_S)
+    assert_says(error, "not recognised as audio or video")
+    assert "root:" not in str(error.value)
+    assert watch.accesses == []
+
+
+def test_an_hls_playlist_really_makes_ffmpeg_fetch_urls(tmp_path):
+    # The control for the tests around it: a playlist with a .m3u8 name, opened without the
+    # guards, does reach out, and AccessWatch sees it.
+    with AccessWatch(tmp_path) as watch:
+        playlist = (
+            "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXT-X-MEDIA-SEQUENCE:0\n"
+            f"#EXTINF:10.0,\nhttp://127.0.0.1:{watch.port}/x.ts\n#EXT-X-ENDLIST\n"
+        ).encode()
+        with pytest.raises(av.error.FFmpegError):
+            av.open(NamedBytesIO(playlist, "upload.m3u8"))
+    assert watch.accesses == [f"connection to port {watch.port}"]
+
+
+@pytest.mark.parametrize(
+    ("make_script", "name"),
+    [(hls_playlist, "upload.m3u8"), (ffconcat_script, "upload.ffconcat")],
+    ids=["hls", "ffconcat"],
+)
+def test_demuxer_whitelist_holds_even_when_the_probe_picks_a_playlist_format(make_script, name, tmp_path):
+    # decode_audio passes no file name, so FFmpeg's HLS probe never fires; here it does, and
+    # the format whitelist (with protocol whitelist and the refusing io_open behind it) holds.
+    with AccessWatch(tmp_path) as watch:
+        with pytest.raises(media._Rejected) as rejected:
+            media.open_upload(NamedBytesIO(make_script(watch), name))
+    assert rejected.value.kind == "invalid"
+    assert watch.accesses == []
+
+
+def test_nested_opens_are_refused_even_past_the_demuxer_whitelist(tmp_path, monkeypatch):
+    # Take the format whitelist away: the protocol whitelist and io_open still stop the fetch.
+    monkeypatch.setattr(media, "ALLOWED_DEMUXERS", media.ALLOWED_DEMUXERS | {"hls"})
+    with AccessWatch(tmp_path) as watch:
+        with pytest.raises(media._Rejected):
+            media.open_upload(NamedBytesIO(hls_playlist(watch), "upload.m3u8"))
+    assert watch.accesses == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Duration limits
+# ----------------------------------------------------------------------------------------------
+
+
+async def test_declared_duration_over_the_limit_is_refused_before_decoding():
+    flac = encode_audio("flac", "flac", seconds=10.0, rate=16000, layout="mono")
+    with pytest.raises(AudioTooLong) as error:
+        await decode_audio(flac, max_duration_s=5)
+    assert_says(error, "audio is 10.0 s long", "accepts at most 5 s")
+
+
+async def test_audio_as_long_as_the_limit_is_accepted():
+    flac = encode_audio("flac", "flac", seconds=5.0, rate=16000, layout="mono")
+    decoded = await decode_audio(flac, max_duration_s=5)
+
+    assert decoded.duration_s == pytest.approx(5.0, abs=0.003)
+
+
+@pytest.mark.parametrize("declared_samples", [16_000, 0], ids=["header-claims-1s", "header-claims-nothing"])
+async def test_decoded_samples_are_counted_because_headers_lie(declared_samples):
+    flac = flac_declaring(declared_samples, seconds=10.0)
+    with pytest.raises(AudioTooLong) as error:
+        await decode_audio(flac, max_duration_s=5)
+    assert_says(error, "audio is longer than 5 s", "accepts at most 5 s")
+
+
+# ----------------------------------------------------------------------------------------------
+# The child process
+# ----------------------------------------------------------------------------------------------
+
+
+async def test_a_decoder_that_takes_too_long_is_killed():
+    with pytest.raises(InvalidAudio) as error:
+        await decode_audio(encode_audio("wav", "pcm_s16le"), max_duration_s=LIMIT_S, timeout_s=0.01)
+    assert_says(error, "took longer than 0.01 s", "re-encode it as WAV")
+
+
+async def test_a_crashing_decoder_gives_a_short_message(monkeypatch):
+    crash = "import os, sys; sys.stderr.write('Traceback: /srv/secret.py'); os.kill(os.getpid(), 11)"
+    monkeypatch.setattr(media, "_child_command", lambda args: [sys.executable, "-c", crash])
+    with pytest.raises(InvalidAudio) as error:
+        await decode_audio(b"RIFF....WAVE", max_duration_s=LIMIT_S)
+    assert_says(error, "the decoder failed on it", "re-encode it as WAV")
+    assert "secret" not in str(error.value)
+
+
+async def test_cancelling_the_request_kills_the_decoder(monkeypatch):
+    started: list[asyncio.subprocess.Process] = []
+    real_exec = asyncio.create_subprocess_exec
+
+    async def recording_exec(*args, **kwargs):
+        started.append(await real_exec(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", recording_exec)
+    task = asyncio.create_task(decode_audio(encode_audio("wav", "pcm_s16le"), max_duration_s=LIMIT_S))
+    while not started:
+        await asyncio.sleep(0.001)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert started[0].returncode == -signal.SIGKILL
+
+
+def test_the_child_inherits_no_secrets(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    assert "HF_TOKEN" not in media._child_env()
+
+
+def test_memory_limit_below_what_ffmpeg_needs_is_a_programming_error():
+    with pytest.raises(ValueError, match="memory_limit_mib"):
+        decode_audio_sync(b"x", max_duration_s=LIMIT_S, memory_limit_mib=64)
+
+
+def _run_limited(code: str, *, memory_limit_mib: int = 512, cpu_limit_s: int = 30) -> str:
+    """Run `code` in a Python process under the decoder's limits; return what it printed."""
+    limits = (
+        f"from serve_app.media import _limit_resources\n_limit_resources({memory_limit_mib}, {cpu_limit_s})"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", f"{limits}\n{code}"], capture_output=True, text=True, timeout=30, check=False
+    )
+    return result.stdout + f"exit {result.returncode}"
+
+
+def test_child_limits_memory_and_file_writes(tmp_path):
+    code = f"""
+try:
+    bytearray(1 << 30)
+except MemoryError:
+    print("memory refused")
+try:
+    with open({str(tmp_path / "out")!r}, "wb", buffering=0) as file:
+        file.write(b"x")
+except OSError:
+    print("write refused")
+"""
+    assert _run_limited(code).split() == ["memory", "refused", "write", "refused", "exit", "0"]
+
+
+def test_child_limits_cpu_time():
+    # SIGXCPU after 1 s of CPU time (SIGKILL a second later, should it be caught).
+    assert _run_limited("while True: pass", cpu_limit_s=1) in (
+        f"exit {-signal.SIGXCPU}",
+        f"exit {-signal.SIGKILL}",
+    )

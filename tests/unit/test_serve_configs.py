@@ -1,0 +1,160 @@
+"""serve_config.yaml (production, GPU) and serve_config.cpu.yaml (the embedded default, 2 CPU cores):
+both are valid Serve configs whose `args` the app accepts, the CPU profile asks for no GPU and fits two
+cores, and the production profile gives each model deployment its GPU share.
+
+Checked without starting Ray: Ray's own `ServeDeploySchema` for the file, the app's own `AppArgs` (and
+`build_app`) for `args`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+PRODUCTION = REPO / "serve_config.yaml"
+CPU = REPO / "serve_config.cpu.yaml"
+CONFIGS = [PRODUCTION, CPU]
+
+IMPORT_PATH = "serve_app.app:build_app"
+CPU_BUDGET = 2.0  # cores of the machine the CPU profile is sized for
+PRODUCTION_GPU_SHARES = {"AsrDeployment": 0.4, "AlignmentDeployment": 0.2, "DiarizationDeployment": 0.3}
+MODEL_PARTS = ("asr", "alignment", "diarization")
+# Serve's defaults for what a deployment entry leaves out.
+DEFAULT_NUM_CPUS = 1.0
+DEFAULT_NUM_REPLICAS = 1
+
+
+def load(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def deployments(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    (app,) = config["applications"]
+    return {d["name"]: d for d in app.get("deployments", [])}
+
+
+def max_replicas(deployment: dict[str, Any]) -> int:
+    """The most replicas this entry can run: autoscaling's max_replicas, else num_replicas."""
+    if deployment.get("autoscaling_config"):
+        return int(deployment["autoscaling_config"]["max_replicas"])
+    replicas = deployment.get("num_replicas", DEFAULT_NUM_REPLICAS)
+    assert replicas != "auto", f"{deployment['name']}: num_replicas 'auto' has no fixed upper bound here"
+    return int(replicas)
+
+
+def num_cpus(deployment: dict[str, Any]) -> float:
+    return float((deployment.get("ray_actor_options") or {}).get("num_cpus", DEFAULT_NUM_CPUS))
+
+
+def gpu_requests(deployment: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Everything in one deployment entry that would ask Ray for a GPU."""
+    found: list[tuple[str, Any]] = []
+    options = deployment.get("ray_actor_options") or {}
+    if options.get("num_gpus"):
+        found.append(("ray_actor_options.num_gpus", options["num_gpus"]))
+    if options.get("accelerator_type"):
+        found.append(("ray_actor_options.accelerator_type", options["accelerator_type"]))
+    for name, amount in (options.get("resources") or {}).items():
+        if re.search(r"gpu|accelerator|tpu", name, re.IGNORECASE) and amount:
+            found.append((f"ray_actor_options.resources.{name}", amount))
+    for i, bundle in enumerate(deployment.get("placement_group_bundles") or []):
+        if bundle.get("GPU"):
+            found.append((f"placement_group_bundles[{i}].GPU", bundle["GPU"]))
+    return found
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_is_a_valid_serve_config(path):
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(load(path))
+    (app,) = schema.applications
+    assert app.import_path == IMPORT_PATH, "one import_path for every profile"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_args_are_accepted_by_the_app(path):
+    """`args` validate with the app's own validator, as build_app does first."""
+    from serve_app.settings import AppArgs
+
+    (app,) = load(path)["applications"]
+    AppArgs.model_validate(app["args"])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_build_app_builds_every_configured_deployment(path):
+    """build_app binds the graph (no Ray cluster needed), and every deployment the config sizes is one it
+    builds: a misspelt entry would fail only at deploy time."""
+    from ray.serve._private.build_app import build_app as build_serve_app
+
+    from serve_app.app import build_app
+
+    (app,) = load(path)["applications"]
+    built = build_serve_app(build_app(app["args"]), name=app["name"])
+    assert set(deployments(load(path))) <= {d.name for d in built.deployments}
+    assert built.ingress_deployment_name == "TranscriptionIngress"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_user_config_overrides_are_valid(path):
+    """A `user_config` under a deployment replaces what build_app seeds from `args`: same model."""
+    from deployments import alignment, asr, diarization
+
+    config_classes = {"AsrDeployment": asr.AsrConfig, "AlignmentDeployment": alignment.AlignmentConfig,
+                      "DiarizationDeployment": diarization.DiarizationConfig}
+    for name, deployment in deployments(load(path)).items():
+        if "user_config" in deployment:
+            config_classes[name].model_validate(deployment["user_config"])
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_no_secret_in_runtime_env(path):
+    """Ray's dashboard shows runtime_env.env_vars verbatim: tokens come from the process environment."""
+    for app in load(path)["applications"]:
+        env_vars = (app.get("runtime_env") or {}).get("env_vars") or {}
+        assert not [n for n in env_vars if re.search(r"TOKEN|SECRET|PASSWORD|API_?KEY", n, re.IGNORECASE)]
+        assert env_vars.get("PYANNOTE_METRICS_ENABLED") == "0"
+        assert env_vars.get("HF_HUB_DISABLE_TELEMETRY") == "1"
+
+
+# --- the CPU profile ----------------------------------------------------------------------------------
+
+
+def test_cpu_profile_asks_for_no_gpu():
+    config = load(CPU)
+    for name, deployment in deployments(config).items():
+        assert gpu_requests(deployment) == [], name
+    (app,) = config["applications"]
+    for part in MODEL_PARTS:
+        assert app["args"][part]["device"] == "cpu", part
+
+
+def test_cpu_profile_fits_two_cores():
+    """At most CPU_BUDGET cores reserved with every deployment at its most replicas. Every deployment the
+    app builds must be listed: one left out would reserve Serve's default of a whole CPU per replica."""
+    config = deployments(load(CPU))
+    assert set(config) == {"TranscriptionIngress", *PRODUCTION_GPU_SHARES}
+    shares = {name: num_cpus(d) * max_replicas(d) for name, d in config.items()}
+    assert all(share > 0 for share in shares.values()), shares
+    assert sum(shares.values()) <= CPU_BUDGET, shares
+
+
+# --- the production profile ---------------------------------------------------------------------------
+
+
+def test_production_gpu_shares():
+    config = load(PRODUCTION)
+    by_name = deployments(config)
+    for name, share in PRODUCTION_GPU_SHARES.items():
+        assert by_name[name]["ray_actor_options"]["num_gpus"] == pytest.approx(share), name
+    assert gpu_requests(by_name["TranscriptionIngress"]) == [], "the ingress holds no model"
+    # One replica of each model fits one GPU.
+    assert sum(PRODUCTION_GPU_SHARES.values()) <= 1.0
+    (app,) = config["applications"]
+    for part in MODEL_PARTS:
+        assert app["args"][part]["device"].startswith("cuda"), part
