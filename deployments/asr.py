@@ -60,7 +60,8 @@ class AsrHolder(ModelHolder[AsrConfig, Any]):
 
     def import_libraries(self) -> None:
         import faster_whisper  # noqa: F401
-        import whisperx  # noqa: F401
+        import whisperx.asr  # noqa: F401 - whisperx's package init imports lazily
+        import whisperx.vads  # noqa: F401
 
     def load_model(self, config: AsrConfig) -> Any:
         import torch

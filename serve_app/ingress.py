@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from starlette.datastructures import UploadFile
 
 from deployments.replica import route_logs_to_serve
@@ -41,9 +42,18 @@ _LIST_FIELDS = {"timestamp_granularities[]": "timestamp_granularities",
                 "timestamp_granularities": "timestamp_granularities"}
 
 
+def _request_id(request: Request) -> str:
+    """Serve's id for this request (it echoes it in the x-request-id response header and its logs)."""
+    from ray.serve.context import _get_serve_request_context
+
+    return _get_serve_request_context().request_id or request.headers.get("x-request-id") or uuid.uuid4().hex
+
+
 def error_response(error: BaseException, request_id: str) -> JSONResponse:
     """The one mapping from an exception to an HTTP answer; 500s carry no internals."""
     error = unwrap_remote_error(error)
+    if isinstance(error, BackPressureError):  # a model deployment's queue is full: shed, don't fail
+        error = ModelUnavailable("the service is at capacity; retry after the delay in Retry-After")
     headers = {"x-request-id": request_id}
     if isinstance(error, ServiceError):
         if isinstance(error, ModelUnavailable):
@@ -152,7 +162,7 @@ class TranscriptionIngress:
             raise Unauthorized("missing or wrong API key: send Authorization: Bearer <key>")
 
     async def _transcribe(self, request: Request, task: str) -> Response:
-        request_id = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex[:16]}"
+        request_id = _request_id(request)
         started = time.perf_counter()
         try:
             self._authorize(request)

@@ -47,3 +47,17 @@ def encode_video(samples: np.ndarray | None, seconds: float | None = None) -> by
             for frame in [*_audio_frames(audio, samples), None]:
                 out.mux(audio.encode(frame))
     return buf.getvalue()
+
+
+def silent_flac(seconds: float) -> bytes:
+    """`seconds` of 16 kHz silence as FLAC: hours of audio in a few hundred KB (a duration bomb)."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="flac") as out:
+        stream = out.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
+        second = np.zeros((1, SAMPLE_RATE), np.int16)
+        for i in range(int(seconds)):
+            frame = av.AudioFrame.from_ndarray(second, format="s16", layout="mono")
+            frame.sample_rate, frame.pts = SAMPLE_RATE, i * SAMPLE_RATE
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return buf.getvalue()

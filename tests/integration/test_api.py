@@ -23,7 +23,7 @@ def test_json(client):
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("application/json")
     assert speech.word_error_rate(paragraph()[1], response.json()["text"]) < WER_BOUND
-    assert response.headers["x-request-id"].startswith("req_")
+    assert response.headers["x-request-id"]
 
 
 def test_text(client):

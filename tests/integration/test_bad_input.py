@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from tests.integration.conftest import paragraph_wav, transcribe
-from tests.media_files import encode_video
-from tests.speech import to_wav_bytes
+from tests.media_files import encode_video, silent_flac
 
 pytestmark = pytest.mark.serve
 
@@ -42,8 +41,7 @@ CASES = {
                   [], None),
     "video without audio": (lambda c: transcribe(c, encode_video(None, seconds=1.0), "silent.mp4"), 400,
                             ["no audio stream"], None),
-    "audio too long": (lambda c: transcribe(c, to_wav_bytes(np.zeros(16000 * 3601, np.float32))), 413,
-                       ["3600"], None),
+    "audio too long": (lambda c: transcribe(c, silent_flac(3700), "long.flac"), 413, ["3700.0 s", "3600"], None),
     "unknown format": (lambda c: transcribe(c, paragraph_wav(), response_format="docx"), 400,
                        ["response_format"], "response_format"),
     "unknown model": (lambda c: transcribe(c, paragraph_wav(), model="gpt-9"), 400, ["unknown model"], "model"),

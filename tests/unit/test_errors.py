@@ -69,3 +69,11 @@ def test_errors_survive_pickling_across_processes():
 
     error = pickle.loads(pickle.dumps(UnsupportedLanguage("no xx", param="language")))
     assert (type(error), error.message, error.param) == (UnsupportedLanguage, "no xx", "language")
+
+
+def test_a_full_queue_downstream_is_shed_with_503():
+    from ray.serve.exceptions import BackPressureError
+
+    response = error_response(BackPressureError(num_queued_requests=64, max_queued_requests=64), "r")
+    assert response.status_code == 503 and response.headers["retry-after"] == "5"
+    assert "capacity" in body(response)["error"]["message"]
