@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from whisperx.utils import PUNKT_LANGUAGES  # a plain table; whisperx.utils imports nothing heavy
 
 from deployments.gpu_memory import MIB, TeardownReport
-from deployments.holder import ModelHolder
+from deployments.holder import DeviceConfig, ModelHolder
 from deployments.replica import route_logs_to_serve
 from deployments.transcript import SAMPLE_RATE_HZ, Segment, Word
 from serve_app.errors import ModelUnavailable
@@ -39,34 +39,29 @@ logger = logging.getLogger(__name__)
 # --- configuration ---------------------------------------------------------------------------------
 
 
-DEVICE_PATTERN = r"^(cpu|cuda(:\d+)?)$"
 MODEL_CACHE_DIR_HELP = "Download cache for hub and torchaudio models; None: their default caches."
 NLTK_DATA_DIR_HELP = "Where the punkt_tab sentence-splitter data is written; None: the user's cache dir."
 
 
-class AlignmentModelSpec(BaseModel):
+class AlignmentModelSpec(DeviceConfig):
     """What one holder loads: one language's model on one device."""
 
     language: str = Field(description="Language code the model aligns, e.g. 'en'.")
     model: str = Field(description="torchaudio bundle, hub id or local directory of a wav2vec2 CTC model.")
-    device: str = Field(default="cpu", pattern=DEVICE_PATTERN, description="torch device.")
     cpu_threads: int = Field(default=1, ge=1, description="torch intra-op threads (process-wide in torch).")
     model_cache_dir: str | None = Field(default=None, description=MODEL_CACHE_DIR_HELP)
     nltk_data_dir: str | None = Field(default=None, description=NLTK_DATA_DIR_HELP)
 
 
-class AlignmentConfig(BaseModel):
-    """The alignment deployment's `user_config`."""
+class AlignmentConfig(DeviceConfig):
+    """The alignment deployment's `user_config`; the device fields apply to every language's model."""
 
-    device: str = Field(default="cpu", pattern=DEVICE_PATTERN, description="torch device for the models.")
     cpu_threads: int = Field(default=1, ge=1, description="torch intra-op threads, from the CPU share.")
     models: dict[str, str] = Field(
         default_factory=dict,
         description="Language code -> hub id or local directory of a wav2vec2 CTC model.")
     use_whisperx_defaults: bool = Field(
         default=False, description="Align languages missing from `models` with whisperX's default.")
-    vram_residue_budget_mib: float = Field(
-        default=64, ge=0, description="Memory a torn-down model may leave before the replica is unhealthy.")
     model_cache_dir: str | None = Field(default=None, description=MODEL_CACHE_DIR_HELP)
     nltk_data_dir: str | None = Field(default=None, description=NLTK_DATA_DIR_HELP)
 
@@ -89,9 +84,8 @@ class AlignmentConfig(BaseModel):
         model = self.model_for(language)
         if model is None:
             return None
-        return AlignmentModelSpec(language=language.strip().lower(), model=model, device=self.device,
-                                  cpu_threads=self.cpu_threads, model_cache_dir=self.model_cache_dir,
-                                  nltk_data_dir=self.nltk_data_dir)
+        shared = self.model_dump(exclude={"models", "use_whisperx_defaults"})
+        return AlignmentModelSpec(language=language.strip().lower(), model=model, **shared)
 
 
 @functools.cache
@@ -362,8 +356,7 @@ class AlignmentDeployment:
             if spec is None:
                 raise ModelUnavailable(f"no alignment model is configured for language {language!r}")
             # Loading takes seconds: keep the replica's event loop free meanwhile.
-            holder = await asyncio.get_running_loop().run_in_executor(None, lambda: self._holder_factory(
-                spec, residue_budget_mib=self._config.vram_residue_budget_mib))
+            holder = await asyncio.get_running_loop().run_in_executor(None, self._holder_factory, spec)
             self._holders[language] = holder
             return holder
 
@@ -394,15 +387,19 @@ class AlignmentDeployment:
                 del self._holders[language]
 
     def check_health(self) -> None:
+        """Raise so Serve replaces this replica when a model, loaded or evicted, kept memory it should not."""
         self._sweep()
         for holder in self._holders.values():
             problem = holder.health_problem()
             if problem is not None:
                 raise RuntimeError(problem)
         report = self._last_teardown
-        budget = self._config.vram_residue_budget_mib
-        if report is not None and report.device.startswith("cuda") and report.residue_bytes > budget * MIB:
-            raise RuntimeError(f"alignment teardown left {report.residue_bytes / MIB:.1f} MiB on {report.device}")
+        if report is not None:
+            on_gpu = report.device.startswith("cuda")
+            budget = self._config.vram_residue_budget_mib if on_gpu else self._config.rss_residue_budget_mib
+            if budget is not None and report.residue_bytes > budget * MIB:
+                raise RuntimeError(f"alignment teardown of {report.model} left {report.residue_bytes / MIB:.1f} MiB "
+                                   f"on {report.device} (budget {budget:.0f} MiB)")
 
     def status(self) -> dict[str, Any]:
         self._sweep()

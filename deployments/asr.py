@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from deployments import bundled
-from deployments.holder import ModelHolder
+from deployments.holder import DeviceConfig, ModelHolder
 from deployments.replica import HolderReplica
 from deployments.transcript import SAMPLE_RATE_HZ, AsrOptions, AsrResult, Segment, Word
 from serve_app.errors import BadRequest, ModelUnavailable, UnknownModel, UnsupportedLanguage
@@ -21,25 +22,20 @@ from serve_app.errors import BadRequest, ModelUnavailable, UnknownModel, Unsuppo
 logger = logging.getLogger(__name__)
 
 
-class AsrConfig(BaseModel):
+class AsrConfig(DeviceConfig):
     """The ASR deployment's `user_config`."""
 
     model: str = Field("bundled/tiny.en", description="faster-whisper size name (large-v3), hub id, local "
                        "CTranslate2 directory, or bundled/tiny.en | bundled/base (weights from installed packages)")
-    device: str = Field("cpu", description="cpu, cuda or cuda:N")
     compute_type: str = Field("int8", description="CTranslate2 compute type: int8, int8_float16, float16, float32")
     batch_size: int = Field(8, ge=1, le=128, description="VAD chunks decoded per batch")
     beam_size: int = Field(5, ge=1, le=20, description="beam width")
     language: str | None = Field(None, description="default language code when a request gives none; "
                                  "None detects it per request (English-only models always use en)")
-    cpu_threads: int = Field(2, ge=1, le=64, description="CTranslate2 and torch threads for this replica; "
-                             "size it from the replica's CPU share so stages running at once do not oversubscribe")
     vad_onset: float = Field(0.5, gt=0, lt=1, description="VAD speech-start probability threshold")
     vad_offset: float = Field(0.363, gt=0, lt=1, description="VAD speech-end probability threshold")
     chunk_size_s: int = Field(30, ge=1, le=30, description="longest VAD chunk handed to Whisper, seconds")
     download_dir: str | None = Field(None, description="where hub models are cached (a mounted volume on Kubernetes)")
-    vram_residue_budget_mib: float = Field(64, ge=0, description="memory a teardown may leave behind before "
-                                           "the replica reports itself unhealthy, MiB")
 
 
 def _language_codes() -> frozenset[str]:
@@ -51,17 +47,20 @@ def _language_codes() -> frozenset[str]:
 class AsrHolder(ModelHolder[AsrConfig, Any]):
     """Holds one whisperX `FasterWhisperPipeline`; `transcribe` runs on the owning thread."""
 
-    def __init__(self, config: AsrConfig) -> None:
-        super().__init__(config, residue_budget_mib=config.vram_residue_budget_mib)
-
     def identity(self, config: AsrConfig) -> Any:
         # Beam size, batch size, default language and VAD thresholds apply per call: no reload.
         return (config.model, config.device, config.compute_type, config.cpu_threads, config.download_dir)
 
     def import_libraries(self) -> None:
         import faster_whisper  # noqa: F401
-        import whisperx.asr  # noqa: F401 - whisperx's package init imports lazily
+        import whisperx.asr
         import whisperx.vads  # noqa: F401
+
+    def check_config(self, config: AsrConfig) -> None:
+        if bundled.is_bundled(config.model):
+            bundled.whisper_model_dir(config.model)  # raises for an unknown bundled name
+        elif config.model.startswith(("/", "./")) and not Path(config.model).is_dir():
+            raise ModelUnavailable(f"no model directory at {config.model}", param="model")
 
     def load_model(self, config: AsrConfig) -> Any:
         import torch

@@ -20,9 +20,9 @@ import os
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import Field, SecretStr
 
-from deployments.holder import ModelHolder
+from deployments.holder import DeviceConfig, ModelHolder
 from deployments.replica import HolderReplica
 from deployments.transcript import SAMPLE_RATE_HZ, SpeakerOptions, SpeakerTurn
 from serve_app.errors import BadRequest, ModelUnavailable
@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 # --- configuration ---------------------------------------------------------------------------------
 
 EMBEDDED = "embedded"
-DEVICE_PATTERN = r"^(cpu|cuda(:\d+)?)$"
 HUB_TOKEN_ENV = "HF_TOKEN"
 
 # Clustering of the embedded pipeline, tuned on pyannote's real 30 s call (alone and twice over) and on
@@ -49,7 +48,7 @@ EMBEDDED_MIN_DURATION_OFF_S = 0.0
 EMBEDDED_EXCLUDE_OVERLAP = True
 
 
-class DiarizationConfig(BaseModel):
+class DiarizationConfig(DeviceConfig):
     """The diarization deployment's `user_config`."""
 
     model: str = Field(
@@ -57,7 +56,6 @@ class DiarizationConfig(BaseModel):
         description="'embedded' (segmentation-3.0 + CAM++ from installed packages, no hub), a pyannote hub "
                     "id such as pyannote/speaker-diarization-community-1, or a local directory holding a "
                     "pretrained pipeline's config.yaml.")
-    device: str = Field(default="cpu", pattern=DEVICE_PATTERN, description="torch device: cpu, cuda, cuda:N.")
     cpu_threads: int = Field(
         default=2, ge=1, le=64,
         description="torch intra-op threads, set on load (process-wide in torch); size it from the "
@@ -88,9 +86,6 @@ class DiarizationConfig(BaseModel):
     model_cache_dir: str | None = Field(
         default=None,
         description="Hub download cache (a mounted volume on Kubernetes); None: huggingface_hub's default.")
-    vram_residue_budget_mib: float = Field(
-        default=64, ge=0,
-        description="Memory a teardown may leave behind before the replica reports itself unhealthy, MiB.")
 
 
 def hub_token() -> SecretStr | None:
@@ -104,9 +99,6 @@ def hub_token() -> SecretStr | None:
 
 class DiarizationHolder(ModelHolder[DiarizationConfig, Any]):
     """Holds one pyannote speaker-diarization pipeline; `diarize` runs on the owning thread."""
-
-    def __init__(self, config: DiarizationConfig) -> None:
-        super().__init__(config, residue_budget_mib=config.vram_residue_budget_mib)
 
     def identity(self, config: DiarizationConfig) -> Any:
         # Batch sizes and exclusive_turns apply per call. Hyper-parameters are set at load, where a

@@ -18,14 +18,33 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from deployments import gpu_memory
 from deployments.gpu_memory import MemorySample, TeardownReport
 
 logger = logging.getLogger(__name__)
 
-ConfigT = TypeVar("ConfigT", bound=BaseModel)
+DEVICE_PATTERN = r"^(cpu|cuda(:\d+)?)$"
+
+
+class DeviceConfig(BaseModel):
+    """Where a model runs and how its memory is judged: the fields every holder config shares."""
+
+    device: str = Field("cpu", pattern=DEVICE_PATTERN, description="torch-style device: cpu, cuda or cuda:N")
+    cpu_threads: int = Field(2, ge=1, le=64, description="CPU threads for the model (torch's are process-wide); "
+                             "size it from the replica's CPU share so stages running at once do not oversubscribe")
+    vram_residue_budget_mib: float = Field(64, ge=0, description="GPU memory a teardown may leave above the "
+                                           "pre-load baseline before the replica reports itself unhealthy, MiB")
+    rss_residue_budget_mib: float | None = Field(None, ge=0, description="the same on CPU, judged on resident "
+                                                 "memory, MiB; None: not judged (allocator caches blur it)")
+    gpu_memory_fraction: float | None = Field(None, gt=0, le=1, description="cap on torch's share of the GPU "
+                                              "(set it to the replica's num_gpus); CTranslate2 ignores it")
+    required_free_mib: float = Field(0, ge=0, description="free GPU memory a load needs, MiB: with less, the "
+                                     "load is refused with 503 instead of crashing a neighbour replica")
+
+
+ConfigT = TypeVar("ConfigT", bound=DeviceConfig)
 ModelT = TypeVar("ModelT")
 R = TypeVar("R")
 
@@ -37,7 +56,7 @@ class ModelHolder(Generic[ConfigT, ModelT]):
     counts as a different model (anything else in the config is applied without a reload).
     """
 
-    def __init__(self, config: ConfigT, *, residue_budget_mib: float | None = None) -> None:
+    def __init__(self, config: ConfigT) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=type(self).__name__)
         self._lock = threading.Lock()
         self.config: ConfigT = config
@@ -45,7 +64,6 @@ class ModelHolder(Generic[ConfigT, ModelT]):
         self.baseline: MemorySample | None = None
         self.loaded: MemorySample | None = None
         self.last_teardown: TeardownReport | None = None
-        self._residue_budget_mib = residue_budget_mib
         self._closed = False
         try:
             self.run(self._load, config)
@@ -58,6 +76,9 @@ class ModelHolder(Generic[ConfigT, ModelT]):
     def import_libraries(self) -> None:
         """Import the model libraries, so that the memory baseline counts their code but no model."""
 
+    def check_config(self, config: ConfigT) -> None:
+        """Raise if `config` cannot be loaded (unknown bundled name, missing directory), before any teardown."""
+
     def load_model(self, config: ConfigT) -> ModelT:
         """Build the model described by `config` (on the owning thread)."""
         raise NotImplementedError
@@ -67,7 +88,7 @@ class ModelHolder(Generic[ConfigT, ModelT]):
 
     def device_of(self, config: ConfigT) -> str:
         """The torch-style device string ('cpu', 'cuda', 'cuda:1') the config loads onto."""
-        return getattr(config, "device", "cpu")
+        return config.device
 
     def identity(self, config: ConfigT) -> Any:
         """What must change for a reconfigure to reload the model."""
@@ -99,9 +120,9 @@ class ModelHolder(Generic[ConfigT, ModelT]):
         device = self.device_of(config)
         if self.baseline is None:
             self.import_libraries()
-            gpu_memory.prepare_device(device, getattr(config, "gpu_memory_fraction", None))
+            gpu_memory.prepare_device(device, config.gpu_memory_fraction)
             self.baseline = gpu_memory.measure(device)
-        gpu_memory.require_free(device, getattr(config, "required_free_mib", 0), self.model_name(config))
+        gpu_memory.require_free(device, config.required_free_mib, self.model_name(config))
         self.model = self.load_model(config)
         self.config = config
         self.loaded = gpu_memory.measure(device)
@@ -130,8 +151,16 @@ class ModelHolder(Generic[ConfigT, ModelT]):
             if self.model is not None and self.identity(config) == self.identity(self.config):
                 self.config = config
                 return None
+            self.check_config(config)  # before the teardown: a config that cannot load changes nothing
+            previous = self.config
             report = self._teardown()
-            self._load(config)
+            try:
+                self._load(config)
+            except Exception:
+                logger.exception("loading %s failed; reloading %s", self.model_name(config),
+                                 self.model_name(previous))
+                self._load(previous)  # keep serving; the update is still reported as failed
+                raise
             return report
 
         return self.run(swap)
@@ -154,13 +183,14 @@ class ModelHolder(Generic[ConfigT, ModelT]):
         if self.model is None:
             return f"{type(self).__name__} has no model loaded"
         report = self.last_teardown
-        # On CPU the figure is resident memory, which allocator caches and first-use imports inflate:
-        # the budget judges GPU memory only.
-        if report is not None and self._residue_budget_mib is not None and report.device.startswith("cuda"):
-            residue_mib = report.residue_bytes / gpu_memory.MIB
-            if residue_mib > self._residue_budget_mib:
-                return (f"{report.model} left {residue_mib:.1f} MiB on {report.device} after teardown "
-                        f"(budget {self._residue_budget_mib:.0f} MiB)")
+        if report is None:
+            return None
+        on_gpu = report.device.startswith("cuda")
+        budget_mib = self.config.vram_residue_budget_mib if on_gpu else self.config.rss_residue_budget_mib
+        residue_mib = report.residue_bytes / gpu_memory.MIB
+        if budget_mib is not None and residue_mib > budget_mib:
+            return (f"{report.model} left {residue_mib:.1f} MiB on {report.device} after teardown "
+                    f"(budget {budget_mib:.0f} MiB)")
         return None
 
     def status(self) -> dict[str, Any]:

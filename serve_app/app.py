@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
 from ray import serve
 from ray.serve import Application
 
@@ -23,13 +24,14 @@ from serve_app.settings import AppArgs
 def build_app(args: dict[str, Any]) -> Application:
     """Validate `args` and bind the deployment graph: ingress → ASR, alignment, diarization."""
     app_args = AppArgs.model_validate(args or {})
-    asr = serve.deployment(AsrDeployment).options(
-        user_config=app_args.asr.model_dump(mode="json")).bind()
-    alignment = serve.deployment(AlignmentDeployment).options(
-        user_config=app_args.alignment.model_dump(mode="json")).bind()
-    diarization = None
-    if app_args.diarization_enabled:
-        diarization = serve.deployment(DiarizationDeployment).options(
-            user_config=app_args.diarization.model_dump(mode="json")).bind()
-    ingress = serve.deployment(TranscriptionIngress)
+
+    def model_deployment(cls: type, config: BaseModel) -> Application:
+        # Code sets only the user_config; replicas, resources and autoscaling come from serve_config.yaml.
+        return serve.deployment(name=cls.__name__, user_config=config.model_dump(mode="json"))(cls).bind()
+
+    asr = model_deployment(AsrDeployment, app_args.asr)
+    alignment = model_deployment(AlignmentDeployment, app_args.alignment)
+    diarization = model_deployment(DiarizationDeployment, app_args.diarization) if app_args.diarization_enabled \
+        else None
+    ingress = serve.deployment(name="TranscriptionIngress")(TranscriptionIngress)
     return ingress.bind(asr, alignment, diarization, app_args.model_dump(mode="json"))

@@ -58,7 +58,7 @@ class TranscriptionPipeline:
         # Put the audio in the object store once; every deployment reads the same copy.
         audio = self._put(samples)
         turns_response = None
-        if request.diarize:
+        if request.diarize and self._diarization is not None:
             turns_response = self._diarization.diarize.remote(audio, SpeakerOptions(
                 num_speakers=request.num_speakers, min_speakers=request.min_speakers,
                 max_speakers=request.max_speakers))
@@ -89,12 +89,12 @@ class TranscriptionPipeline:
                      request: TranscriptionRequest) -> tuple[list[Segment], WordSource]:
         """Word timings from the alignment deployment, or from Whisper where it has no model."""
         language = asr_result.language
-        if self._alignment_covers(language, request):
+        if self._alignment is not None and self._alignment_covers(language, request):
             try:
                 aligned = await self._alignment.options(multiplexed_model_id=language).align.remote(
                     audio, list(asr_result.segments))
                 return list(aligned), "alignment"
-            except Exception as e:  # noqa: BLE001 - narrowed just below after unwrapping Ray's wrapper
+            except Exception as e:
                 cause = unwrap_remote_error(e)
                 if not isinstance(cause, ModelUnavailable):
                     raise

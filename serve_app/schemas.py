@@ -33,7 +33,8 @@ class TranscriptionRequest(BaseModel):
     response_format: ResponseFormat = "json"
     temperature: float | None = Field(None, ge=0.0, le=1.0, description="sampling temperature, 0 to 1")
     timestamp_granularities: list[Granularity] = Field(
-        default_factory=lambda: ["segment"], description="word and/or segment (verbose_json only)")
+        default_factory=lambda: ["segment"],  # type: ignore[arg-type]
+        description="word and/or segment (verbose_json only)")
     diarize: bool = Field(False, description="label each segment and word with its speaker")
     num_speakers: int | None = Field(None, ge=1, le=64, description="exact number of speakers, if known")
     min_speakers: int | None = Field(None, ge=1, le=64, description="lower bound on the number of speakers")

@@ -22,10 +22,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("CT2_CUDA_ALLOCATOR", "cub_caching")
 os.environ.setdefault("CT2_CUDA_CACHING_ALLOCATOR_CONFIG", "4,3,12,33554432")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from deployments.gpu_memory import MIB, MemorySample, TeardownReport  # noqa: E402
-from deployments.holder import ModelHolder  # noqa: E402
+from deployments.gpu_memory import MIB, MemorySample, TeardownReport
+from deployments.holder import ModelHolder
 
 BUDGET_MIB = 64
 
@@ -59,8 +59,7 @@ def holders(device: str, workdir: Path) -> dict[str, tuple[Callable[[], ModelHol
             lambda: DiarizationHolder(DiarizationConfig(device=device)),
             lambda h: h.run(h.diarize, audio, SpeakerOptions())),
         "alignment tiny": (
-            lambda: AlignmentModelHolder(AlignmentModelSpec(language="en", model=str(align_dir), device=device),
-                                         residue_budget_mib=BUDGET_MIB),
+            lambda: AlignmentModelHolder(AlignmentModelSpec(language="en", model=str(align_dir), device=device)),
             lambda h: h.run(h.align, audio, [Segment("hello there how are you", 0.0, 5.0)])),
     }
 

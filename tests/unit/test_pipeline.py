@@ -64,7 +64,7 @@ async def test_audio_is_put_once_and_the_same_reference_reaches_every_deployment
 
 
 async def test_diarization_is_sent_before_asr_is_awaited():
-    pipeline, asr, _, diar, log = make()
+    pipeline, _asr, _, _diar, log = make()
     await pipeline.run(AUDIO, request(diarize=True))
     assert log.index("diarize:sent") < log.index("transcribe:done"), log
 
@@ -109,7 +109,7 @@ async def test_other_alignment_errors_are_not_swallowed():
 
 
 async def test_alignment_disabled_per_request_uses_whisper_words():
-    pipeline, asr, alignment, _, _ = make({"en": "some/model"})
+    pipeline, _asr, alignment, _, _ = make({"en": "some/model"})
     transcript = await pipeline.run(AUDIO, request(language="en", response_format="srt", align=False))
     assert alignment.calls == [] and transcript.word_source == "whisper"
 
