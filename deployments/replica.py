@@ -39,6 +39,17 @@ def route_logs_to_serve() -> None:
         ours.propagate = False
 
 
+def replica_identity() -> dict[str, Any]:
+    """Which replica answers: Serve's replica id (None outside Serve) and the process id."""
+    try:
+        from ray import serve
+
+        replica = serve.get_replica_context().replica_id.unique_id
+    except Exception:  # noqa: BLE001 - outside Serve there is no replica context
+        replica = None
+    return {"replica": replica, "replica_pid": os.getpid()}
+
+
 class ReplicaMetrics:
     """Per-replica gauges through Ray Serve's metrics (Serve tags deployment and replica)."""
 
@@ -105,15 +116,7 @@ class HolderReplica(Generic[ConfigT, HolderT]):
 
     def status(self) -> dict[str, Any]:
         """The model, device, memory now and last teardown report of this replica."""
-        status = self.holder.status()
-        status["replica_pid"] = os.getpid()
-        try:
-            from ray import serve
-
-            status["replica"] = serve.get_replica_context().replica_id.unique_id
-        except Exception:  # noqa: BLE001 - outside Serve there is no replica context
-            status["replica"] = None
-        return status
+        return {**self.holder.status(), **replica_identity()}
 
     def _record(self, report: TeardownReport | None) -> None:
         try:

@@ -131,6 +131,21 @@ async def _parse_form(request: Request, body: bytes, task: str) -> tuple[Transcr
     return parsed, data
 
 
+async def _replica_statuses(handle: Any) -> list[dict[str, Any]]:
+    """Status of each running replica of a deployment. Handles route to any replica, so ask up to
+    three times as often as there are replicas and keep one answer per replica id."""
+    context = serve.get_replica_context()
+    deployments = serve.status().applications[context.app_name].deployments
+    running = deployments[handle.deployment_name].replica_states.get("RUNNING", 1)
+    seen: dict[Any, dict[str, Any]] = {}
+    for _ in range(3 * running):
+        status = await handle.status.remote()
+        seen[status.get("replica") or status.get("replica_pid")] = status
+        if len(seen) >= running:
+            break
+    return list(seen.values())
+
+
 @serve.ingress(api)
 class TranscriptionIngress:
     """Routes requests to the model deployments; CPU only, holds nothing heavy."""
@@ -206,17 +221,17 @@ class TranscriptionIngress:
 
     @api.get("/v1/models/status")
     async def model_status(self) -> dict[str, Any]:
-        """Model, device, memory and last teardown report of each model deployment (one replica each)."""
+        """Per model deployment and replica: model, device, memory now and the last teardown report."""
         handles = {"asr": self._asr, "alignment": self._alignment, "diarization": self._diarization}
         statuses: dict[str, Any] = {}
         for name, handle in handles.items():
             if handle is None:
-                statuses[name] = {"enabled": False}
+                statuses[name] = {"enabled": False, "replicas": []}
                 continue
             try:
-                statuses[name] = await handle.status.remote()
+                statuses[name] = {"enabled": True, "replicas": await _replica_statuses(handle)}
             except Exception as e:  # noqa: BLE001 - one unavailable deployment must not hide the others
-                statuses[name] = {"error": str(unwrap_remote_error(e))}
+                statuses[name] = {"enabled": True, "error": str(unwrap_remote_error(e)), "replicas": []}
         return {"deployments": statuses}
 
     @api.get("/v1/models/{model_id:path}")

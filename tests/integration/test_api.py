@@ -93,9 +93,12 @@ def test_models_and_health(client):
     assert client.get("/health").json() == {"status": "ok"}
 
 
-def test_model_status_reports_each_deployment(client):
+def test_model_status_reports_each_deployment_and_replica(client):
     status = client.get("/v1/models/status").json()["deployments"]
-    assert status["asr"]["model"] == "bundled/tiny.en" and status["asr"]["loaded"]
-    assert status["asr"]["device"] == "cpu" and status["asr"]["memory_now_bytes"] > 0
-    assert status["diarization"]["loaded"]
-    assert "languages_loaded" in status["alignment"]
+    [asr] = status["asr"]["replicas"]
+    assert asr["model"] == "bundled/tiny.en" and asr["loaded"] and asr["healthy"]
+    assert asr["device"] == "cpu" and asr["memory_now_bytes"] > 0 and asr["replica"]
+    [diarization] = status["diarization"]["replicas"]
+    assert diarization["model"] == "embedded" and diarization["loaded"]
+    [alignment] = status["alignment"]["replicas"]
+    assert alignment["languages_loaded"] == {} and alignment["languages_configured"] == []
