@@ -29,3 +29,10 @@ class LeakyDeployment(HolderReplica[LeakyConfig, LeakyHolder]):
 
     def __init__(self) -> None:
         super().__init__(LeakyHolder)
+
+
+def build(args: dict) -> object:
+    """App builder for a Serve config (import_path tests.integration.leaky:build)."""
+    from ray import serve
+
+    return serve.deployment(LeakyDeployment, name="LeakyDeployment").bind()

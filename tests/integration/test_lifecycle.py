@@ -19,14 +19,31 @@ def serving_model(client) -> str:
     return client.get("/v1/models").json()["data"][0]["id"]
 
 
-def swap_asr_model(model: str) -> None:
-    """Re-deploy serve_config.cpu.yaml with a new AsrDeployment user_config, as `serve deploy` would."""
+def asr_replica(client) -> dict:
+    [replica] = client.get("/v1/models/status").json()["deployments"]["asr"]["replicas"]
+    return replica
+
+
+def redeploy(asr_model: str = "bundled/tiny.en", leaky_model: str | None = None) -> None:
+    """Deploy serve_config.cpu.yaml again, as `serve deploy` would, with these user_configs."""
+    from ray.serve.schema import ServeApplicationSchema
+
     from serve_app.launch import deploy, load_config
 
     config = load_config(ROOT / "serve_config.cpu.yaml")
     config.http_options.port = 8765
     [asr] = [d for d in config.applications[0].deployments if d.name == "AsrDeployment"]
-    asr.user_config = AsrConfig(model=model, cpu_threads=2).model_dump(mode="json")
+    asr.user_config = AsrConfig(model=asr_model, cpu_threads=2).model_dump(mode="json")
+    if leaky_model is not None:
+        from tests.integration.leaky import LeakyConfig
+
+        config.applications.append(ServeApplicationSchema.model_validate({
+            "name": "leaky", "route_prefix": "/leaky", "import_path": "tests.integration.leaky:build",
+            "deployments": [{
+                "name": "LeakyDeployment", "health_check_period_s": 1, "ray_actor_options": {"num_cpus": 0.1},
+                "user_config": LeakyConfig(model=leaky_model, rss_residue_budget_mib=64).model_dump(mode="json"),
+            }],
+        }))
     deploy(config)
 
 
@@ -40,13 +57,14 @@ def test_model_swaps_under_load_fail_no_request(client):
             ok = response.status_code == 200 and speech.word_error_rate(paragraph()[1], response.json()["text"]) < 0.2
             outcomes["ok" if ok else f"{response.status_code}: {response.text[:200]}"] += 1
 
+    replica_before = asr_replica(client)["replica"]
     workers = [threading.Thread(target=keep_asking) for _ in range(3)]
     for worker in workers:
         worker.start()
     try:
         for model in ("bundled/base", "bundled/tiny.en"):
             before = outcomes["ok"]
-            swap_asr_model(model)
+            redeploy(asr_model=model)
             deadline = time.monotonic() + 300
             while serving_model(client) != model:
                 assert time.monotonic() < deadline, f"{model} not serving after 300 s"
@@ -61,36 +79,34 @@ def test_model_swaps_under_load_fail_no_request(client):
     print(f"outcomes across two swaps: {dict(outcomes)}")
     assert set(outcomes) == {"ok"}, outcomes
 
-    [asr] = client.get("/v1/models/status").json()["deployments"]["asr"]["replicas"]
+    asr = asr_replica(client)
+    assert asr["replica"] == replica_before, "the model was swapped inside the running replica"
     report = asr["last_teardown"]
     assert asr["model"] == "bundled/tiny.en" and report["model"] == "bundled/base"
     assert report["freed_bytes"] > 0 and asr["healthy"]
 
 
-def test_replica_whose_teardown_keeps_memory_is_replaced(base_url):
+def test_replica_whose_teardown_keeps_memory_is_replaced(client):
     from ray import serve
 
-    from tests.integration.leaky import LeakyConfig, LeakyDeployment
-
-    def deploy(model: str):
-        config = LeakyConfig(model=model, rss_residue_budget_mib=64).model_dump(mode="json")
-        app = serve.deployment(LeakyDeployment, name="LeakyDeployment", user_config=config,
-                               health_check_period_s=1, health_check_timeout_s=10,
-                               ray_actor_options={"num_cpus": 0.1}).bind()
-        return serve.run(app, name="leaky", route_prefix="/leaky")
-
-    handle = deploy("first")
+    redeploy(leaky_model="first")
+    handle = serve.get_deployment_handle("LeakyDeployment", app_name="leaky")
     first = handle.status.remote().result()
-    assert first["healthy"] and first["model"] == "first"
+    assert first["healthy"] and first["model"] == "first" and first["last_teardown"] is None
 
-    deploy("second")  # only user_config changed: Serve reconfigures the running replica in place
-    deadline = time.monotonic() + 120
+    # Only the user_config changes: the running replica tears "first" down, keeps its memory, and
+    # its health check fails against the 64 MiB budget; Serve replaces it.
+    redeploy(leaky_model="second")
+    deadline = time.monotonic() + 180
     while True:
         status = handle.status.remote().result()
         if status["replica_pid"] != first["replica_pid"]:
             break
+        if status["last_teardown"] is not None:
+            assert not status["healthy"] and status["last_teardown"]["residue_bytes"] > 200 * 1024 * 1024
         assert time.monotonic() < deadline, f"replica not replaced: {status}"
-        time.sleep(1)
+        time.sleep(0.5)
     # The replacement loaded the new model once, with nothing torn down yet: healthy.
     assert status["model"] == "second" and status["healthy"] and status["last_teardown"] is None
-    serve.delete("leaky")
+    redeploy()  # back to the one app
+    assert client.get("/leaky").status_code == 404

