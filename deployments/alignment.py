@@ -28,8 +28,8 @@ import numpy as np
 from pydantic import Field, ValidationError, field_validator
 from whisperx.utils import PUNKT_LANGUAGES  # a plain table; whisperx.utils imports nothing heavy
 
-from deployments.gpu_memory import MIB, TeardownReport
-from deployments.holder import DeviceConfig, ModelHolder
+from deployments.gpu_memory import TeardownReport
+from deployments.holder import DeviceConfig, ModelHolder, residue_problem
 from deployments.replica import replica_identity, route_logs_to_serve
 from deployments.transcript import SAMPLE_RATE_HZ, Segment, Word
 from serve_app.errors import ModelUnavailable
@@ -393,13 +393,9 @@ class AlignmentDeployment:
             problem = holder.health_problem()
             if problem is not None:
                 raise RuntimeError(problem)
-        report = self._last_teardown
-        if report is not None:
-            on_gpu = report.device.startswith("cuda")
-            budget = self._config.vram_residue_budget_mib if on_gpu else self._config.rss_residue_budget_mib
-            if budget is not None and report.residue_bytes > budget * MIB:
-                raise RuntimeError(f"alignment teardown of {report.model} left {report.residue_bytes / MIB:.1f} MiB "
-                                   f"on {report.device} (budget {budget:.0f} MiB)")
+        problem = residue_problem(self._last_teardown, self._config)  # a model evicted since
+        if problem is not None:
+            raise RuntimeError(problem)
 
     def status(self) -> dict[str, Any]:
         self._sweep()

@@ -44,6 +44,19 @@ class DeviceConfig(BaseModel):
                                      "load is refused with 503 instead of crashing a neighbour replica")
 
 
+def residue_problem(report: TeardownReport | None, config: DeviceConfig) -> str | None:
+    """Why a teardown's residue is over the config's budget (GPU memory on CUDA, RSS on CPU), or None."""
+    if report is None:
+        return None
+    on_gpu = report.device.startswith("cuda")
+    budget_mib = config.vram_residue_budget_mib if on_gpu else config.rss_residue_budget_mib
+    residue_mib = report.residue_bytes / gpu_memory.MIB
+    if budget_mib is not None and residue_mib > budget_mib:
+        return (f"{report.model} left {residue_mib:.1f} MiB on {report.device} after teardown "
+                f"(budget {budget_mib:.0f} MiB)")
+    return None
+
+
 ConfigT = TypeVar("ConfigT", bound=DeviceConfig)
 ModelT = TypeVar("ModelT")
 R = TypeVar("R")
@@ -182,16 +195,7 @@ class ModelHolder(Generic[ConfigT, ModelT]):
         """Why this holder should be replaced, or None when it is healthy."""
         if self.model is None:
             return f"{type(self).__name__} has no model loaded"
-        report = self.last_teardown
-        if report is None:
-            return None
-        on_gpu = report.device.startswith("cuda")
-        budget_mib = self.config.vram_residue_budget_mib if on_gpu else self.config.rss_residue_budget_mib
-        residue_mib = report.residue_bytes / gpu_memory.MIB
-        if budget_mib is not None and residue_mib > budget_mib:
-            return (f"{report.model} left {residue_mib:.1f} MiB on {report.device} after teardown "
-                    f"(budget {budget_mib:.0f} MiB)")
-        return None
+        return residue_problem(self.last_teardown, self.config)
 
     def status(self) -> dict[str, Any]:
         """The model loaded, its device, memory now and the last teardown report."""

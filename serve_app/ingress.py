@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.exceptions import BackPressureError
+from ray.serve.schema import ReplicaState
 from starlette.datastructures import UploadFile
 
 from deployments.replica import route_logs_to_serve
@@ -136,7 +137,7 @@ async def _replica_statuses(handle: Any) -> list[dict[str, Any]]:
     three times as often as there are replicas and keep one answer per replica id."""
     context = serve.get_replica_context()
     deployments = serve.status().applications[context.app_name].deployments
-    running = deployments[handle.deployment_name].replica_states.get("RUNNING", 1)
+    running = deployments[handle.deployment_name].replica_states.get(ReplicaState.RUNNING, 1)
     seen: dict[Any, dict[str, Any]] = {}
     for _ in range(3 * running):
         status = await handle.status.remote()
