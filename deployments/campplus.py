@@ -112,7 +112,11 @@ class CamPlusPlusEmbedding(Model):
         # Kaldi's fbank takes one (channel, samples) signal; vmap runs it over the batch at once.
         return torch.vmap(fbank)(waveforms.float())
 
-    def forward(self, waveforms: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    # pyannote types Model.forward as (waveforms, **kwargs) but calls an embedding model with exactly
+    # (waveforms, weights=...); naming the one keyword keeps a misspelt one from being ignored.
+    def forward(  # type: ignore[override]
+        self, waveforms: torch.Tensor, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Embed (batch, 1, samples) 16 kHz audio -> (batch, 192); `weights` is (batch, frames) or None."""
         if waveforms.dim() != 3 or waveforms.shape[1] != 1:
             raise ValueError(f"expected (batch, 1, samples) mono audio, got {tuple(waveforms.shape)}")

@@ -43,6 +43,11 @@ HUB_TOKEN_ENV = "HF_TOKEN"
 # 0.80 to 0.90 gave the same speaker counts and DER with any min_cluster_size from 1 to 20. MODELS.md's
 # starting point 0.7 is below the real call's own merges: it gives 2 speakers only because
 # min_cluster_size absorbs the extra small cluster (with min_cluster_size 1 it finds 3 in the call).
+# Where this pipeline fails on synthetic voices, clustering is mostly not the cause: of 13 three-voice
+# conversations of espeak-ng voices, 9 failed at 0.85 (two voices as one speaker, or one turn given to a
+# neighbour). At 0.78 the same 9 failed; at 0.7 one of them passed and one that had passed split a voice in
+# two; at 0.6, or with min_cluster_size 2, two of the merged pairs stayed merged: segmentation-3.0 had
+# already put both voices under one local speaker in each 10 s chunk, before any clustering.
 EMBEDDED_CLUSTERING_METHOD = "centroid"
 EMBEDDED_CLUSTERING_THRESHOLD = 0.85
 EMBEDDED_MIN_CLUSTER_SIZE = 12

@@ -12,20 +12,24 @@ Audio out is always mono float32 at 16 kHz in [-1, 1].
   :func:`sample_paragraph` and :func:`sample_conversation` make it once per process.
 - :func:`to_wav_bytes` for upload tests, :func:`word_error_rate` to score transcripts.
 
-The library is initialised once per process and every call holds a lock (espeak-ng is not re-entrant).
-Output is the same in every fresh process for the same sequence of calls, but two calls in one process can
-differ by a few milliseconds and in their samples: espeak-ng's waveform generator carries its phase from one
-utterance into the next. Assert on text, turns and tolerances, never on exact samples or lengths.
+Every call holds a lock (espeak-ng is not re-entrant) and gives the same samples for the same arguments,
+whatever ran before it in this or any process. Two things would otherwise carry over: the waveform
+generator's static state (pitch flutter, phase), reset by loading the library afresh for each utterance,
+and the C library's ``rand()``, from which espeak-ng draws breath noise and which everything else in the
+process shares, reseeded from the utterance's own arguments (:func:`_seed`).
 """
 
 from __future__ import annotations
 
+import _ctypes
 import ctypes
 import io
 import re
 import threading
 import wave
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from math import gcd
@@ -51,8 +55,7 @@ _SYNTH_CALLBACK = ctypes.CFUNCTYPE(
 )
 
 _lock = threading.Lock()
-_lib: ctypes.CDLL | None = None
-_native_rate = 0
+_libc = ctypes.CDLL(None)
 _chunks: list[np.ndarray] = []
 
 
@@ -62,51 +65,65 @@ def _on_samples(wav, numsamples, _events):  # called by espeak-ng inside espeak_
     return 0  # 0: go on synthesising
 
 
-# Kept referenced for the life of the process: espeak-ng holds the pointer.
+# Kept referenced for the life of the process: espeak-ng holds the pointer while it is loaded.
 _callback = _SYNTH_CALLBACK(_on_samples)
 
 
-def _load() -> ctypes.CDLL:
-    """Load and initialise libespeak-ng once per process. Call with _lock held."""
-    global _lib, _native_rate
-    if _lib is not None:
-        return _lib
+@contextmanager
+def _fresh_library() -> Iterator[tuple[ctypes.CDLL, int]]:
+    """libespeak-ng loaded and initialised for one utterance, then terminated and unloaded.
+
+    Unloading resets the waveform generator's static state (pitch flutter, phase), so every utterance
+    starts from the same state (about 5 ms per load). Call with _lock held.
+    """
     import espeakng_loader
 
     lib = ctypes.CDLL(espeakng_loader.get_library_path())
-    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-    lib.espeak_Initialize.restype = ctypes.c_int
-    lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
-    lib.espeak_SetSynthCallback.restype = None
-    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-    lib.espeak_SetVoiceByName.restype = ctypes.c_int
-    lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-    lib.espeak_SetParameter.restype = ctypes.c_int
-    lib.espeak_Synth.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_size_t,
-        ctypes.c_uint,
-        ctypes.c_int,
-        ctypes.c_uint,
-        ctypes.c_uint,
-        ctypes.POINTER(ctypes.c_uint),
-        ctypes.c_void_p,
-    ]
-    lib.espeak_Synth.restype = ctypes.c_int
-    lib.espeak_Synchronize.argtypes = []
-    lib.espeak_Synchronize.restype = ctypes.c_int
+    try:
+        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        lib.espeak_Initialize.restype = ctypes.c_int
+        lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
+        lib.espeak_SetSynthCallback.restype = None
+        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        lib.espeak_SetVoiceByName.restype = ctypes.c_int
+        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        lib.espeak_SetParameter.restype = ctypes.c_int
+        lib.espeak_Synth.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.POINTER(ctypes.c_uint),
+            ctypes.c_void_p,
+        ]
+        lib.espeak_Synth.restype = ctypes.c_int
+        lib.espeak_Synchronize.argtypes = []
+        lib.espeak_Synchronize.restype = ctypes.c_int
+        lib.espeak_Terminate.argtypes = []
+        lib.espeak_Terminate.restype = ctypes.c_int
 
-    rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0)
-    if rate <= 0:
-        raise RuntimeError(f"espeak_Initialize failed ({rate})")
-    lib.espeak_SetSynthCallback(_callback)
-    _lib, _native_rate = lib, rate  # 22,050 Hz
-    return lib
+        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0)
+        if rate <= 0:
+            raise RuntimeError(f"espeak_Initialize failed ({rate})")
+        try:
+            lib.espeak_SetSynthCallback(_callback)
+            yield lib, rate  # 22,050 Hz
+        finally:
+            lib.espeak_Terminate()
+    finally:
+        _ctypes.dlclose(lib._handle)
 
 
 def _check(rc: int, what: str) -> None:
     if rc != 0:  # EE_OK
         raise RuntimeError(f"{what} failed (espeak_ERROR {rc})")
+
+
+def _seed(text: str, voice: str, *params: int) -> int:
+    """A stable 32-bit seed for one utterance (Python's own hash() of a str changes per process)."""
+    return zlib.crc32("\0".join([text, voice, *map(str, params)]).encode())
 
 
 def synthesize_native(
@@ -116,15 +133,14 @@ def synthesize_native(
     if not text.strip():
         raise ValueError("empty text")
     data = text.encode("utf-8") + b"\0"
-    with _lock:
-        lib = _load()
+    with _lock, _fresh_library() as (lib, rate):
         _check(lib.espeak_SetVoiceByName(voice.encode()), f"espeak_SetVoiceByName({voice!r})")
-        # Set after the voice, every time: nothing carries over from the previous caller.
         _check(lib.espeak_SetParameter(_ESPEAK_RATE, int(rate_wpm), 0), "espeak_SetParameter(rate)")
         _check(lib.espeak_SetParameter(_ESPEAK_VOLUME, 100, 0), "espeak_SetParameter(volume)")
         _check(lib.espeak_SetParameter(_ESPEAK_PITCH, int(pitch), 0), "espeak_SetParameter(pitch)")
         _check(lib.espeak_SetParameter(_ESPEAK_RANGE, int(pitch_range), 0), "espeak_SetParameter(range)")
         _chunks.clear()
+        _libc.srand(_seed(text, voice, rate_wpm, pitch, pitch_range))
         try:
             _check(
                 lib.espeak_Synth(data, len(data), 0, _POS_CHARACTER, 0, _ESPEAK_CHARS_UTF8, None, None),
@@ -134,7 +150,7 @@ def synthesize_native(
             samples = np.concatenate(_chunks) if _chunks else np.zeros(0, np.int16)
         finally:
             _chunks.clear()
-        return samples.astype(np.int16, copy=False), _native_rate
+        return samples.astype(np.int16, copy=False), rate
 
 
 @lru_cache(maxsize=8)
@@ -308,21 +324,21 @@ PARAGRAPH = (
 # The clearest voice to Whisper: tiny.en transcribes PARAGRAPH in it at WER 0.03 (plain "en-us": 0.24).
 CLEAR_VOICE = VoiceSpec("en-us+klatt")
 
-# Voices that CAM++ (the speaker embedding the diarization pipeline uses) keeps far apart, and that Whisper
-# still transcribes well. CAM++ cosine similarity between different sentences (8 sentences of 3-6 s per
-# voice): same voice 0.87-0.90 on average (lowest pair 0.82); across these four 0.26-0.39 on average
-# (highest pair 0.49). In CONVERSATION, turn against turn: same speaker >= 0.77, other speakers <= 0.47.
-# By contrast the plain accents ("en-us", "en-gb-x-rp", "en-029", "en-gb-scotland") score 0.87-0.89
-# against each other, as high as one voice against itself, and pitch, range and rate barely matter ("en-us"
-# at pitch 15, range 95 or rate 120-220 scores 0.87-0.91 against "en-us" at defaults): neither makes
-# another speaker; the variants' formants and voice quality do. tiny.en WER on 20 sentences per voice:
-# 0.03-0.07 (beam 5). The female "en-us+Alicia" is as far from these (0.32-0.34) but tiny.en misreads it
-# (WER 0.25); "en-us+f3" is clear (0.11) but closer to them (0.38-0.45).
+# Three voiced voices that the embedded diarization pipeline (segmentation-3.0 + CAM++) tells apart reliably
+# in CONVERSATION. CAM++ cosine similarity between 6 sentences of 3-4 s per voice: same voice 0.79-0.86 on
+# average, across these three 0.05-0.17 on average (highest pair 0.28). tiny.en WER on CONVERSATION spoken
+# in each (beam 5): zac 0.14, croak 0.05, marcelo 0.11.
+# Chosen by running the pipeline, not by embeddings alone: of 13 voiced triples tried, all as far apart by
+# CAM++, 9 failed on the plain rendition (two voices merged, or a turn next to a speaker change given to the
+# wrong speaker). This triple gave 3 speakers and every turn boundary within 0.06 s in all 14 renditions
+# tried: gaps of 0.4-1.2 s, lead-in of 0.1-1.5 s, and white noise up to 0.01 RMS (about -30 dB); the next
+# best came within 0.25 s, and the other two failed 3 of 8.
+# Whispered voices ("en-us+caleb", "+whisper") are unfit: the segmentation model misses whole stretches of
+# them, and their noise differs with the seed, so a result flips from one rendition to the next.
 DISTINCT_VOICES: dict[str, VoiceSpec] = {
-    "alex": VoiceSpec("en-us+michel"),  # male, pitch 82-122 Hz, reshaped formants, weak voicing
-    "ben": VoiceSpec("en-us+caleb"),  # whispered: Klatt synthesiser, no voicing, all breath
-    "carl": VoiceSpec("en-us+marcelo"),  # male, pitch 65-115 Hz, strongly shifted formants
-    "dan": VoiceSpec("en-us+croak"),  # male, pitch 85-117 Hz, heavy pitch flutter
+    "alex": VoiceSpec("en-us+zac"),
+    "ben": VoiceSpec("en-us+croak"),  # low, heavy pitch flutter
+    "carl": VoiceSpec("en-us+marcelo"),  # low, strongly shifted formants
 }
 
 # Three speakers, nine alternating lines of two to three seconds each.

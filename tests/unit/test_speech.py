@@ -1,5 +1,6 @@
 """Fast checks of the synthetic-speech helpers in tests/speech.py (espeak-ng through ctypes, no model)."""
 
+import ctypes
 import io
 import itertools
 import threading
@@ -133,3 +134,15 @@ def test_concurrent_callers_are_serialised():
         t.join()
     assert sorted(results) == [0, 1, 2, 3]
     assert all(_rms(a) > 0.02 for a in results.values())
+
+
+def test_an_utterance_does_not_depend_on_what_ran_before():
+    # espeak-ng keeps pitch-flutter state between utterances and draws breath noise from the C library's
+    # rand(), which other libraries in a test process also use: neither may change the test material.
+    text, voices = "Thank you very much.", list(speech.DISTINCT_VOICES.values())
+    first = [v.synthesize(text) for v in voices]
+    ctypes.CDLL(None).srand(12345)
+    speech.synthesize("Something else entirely, in a breathy voice.", "en-us+whisper")
+    again = [v.synthesize(text) for v in reversed(voices)][::-1]
+    for a, b in zip(first, again, strict=True):
+        np.testing.assert_array_equal(a, b)
