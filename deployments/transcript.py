@@ -90,6 +90,8 @@ class Transcript:
     segments: list[Segment] = field(default_factory=list)
     word_source: WordSource | None = None
     speakers: list[str] = field(default_factory=list)
+    # What of the upload could not be decoded, in words for the user (serve_app.media).
+    warnings: tuple[str, ...] = ()
 
     @property
     def text(self) -> str:

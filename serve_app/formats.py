@@ -1,8 +1,8 @@
 """Render a `Transcript` in each OpenAI response format: json, text, srt, vtt, verbose_json, diarized_json.
 
 JSON bodies parse into the `openai` client's types unchanged (`Transcription`, `TranscriptionVerbose`,
-`TranscriptionDiarized`); our additions (`speaker`, `speakers`, `word_source`) are extra keys the client
-ignores. Subtitle cues are cut from word timings; all cue arithmetic is in integer milliseconds so the
+`TranscriptionDiarized`); our additions (`speaker`, `speakers`, `word_source`, `warnings`) are extra keys the
+client ignores. Subtitle cues are cut from word timings; all cue arithmetic is in integer milliseconds so the
 limits hold exactly after rounding.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -55,6 +55,11 @@ class SubtitleOptions(BaseModel):
     min_gap_s: float = Field(
         default=1.0, ge=0, description="A pause in seconds longer than this starts a new cue."
     )
+    min_cue_duration_s: float = Field(
+        default=0.8, ge=0,
+        description="Shortest time in seconds a cue stays on screen: a shorter one (a lone short word) is "
+                    "held longer, up to the next cue and never past max_cue_duration_s.",
+    )
     speaker_labels: bool = Field(
         default=True, description="Label cues with the speaker when the audio was diarized."
     )
@@ -86,6 +91,8 @@ def render(
             body = _vtt(_cues(transcript, subtitles, label_chars=lambda _: 0))
         case _:
             raise ValueError(f"unknown response_format {response_format!r}; known: {RESPONSE_FORMATS}")
+    if isinstance(body, dict) and transcript.warnings:
+        body["warnings"] = list(transcript.warnings)
     return body, MEDIA_TYPES[response_format]
 
 
@@ -346,7 +353,16 @@ def _cues(t: Transcript, opts: SubtitleOptions, label_chars: Callable[[str | Non
         speaker = group[0].speaker if labelled else None
         cues.append(_Cue(start, end, speaker, _wrap(group, opts.max_line_chars, used(speaker))))
         prev_end = end
-    return cues
+    # A word can be a few milliseconds long (or zero, where an aligner gave up): hold its cue long
+    # enough to read, but never into the next cue.
+    min_ms = min(_ms(opts.min_cue_duration_s), max_ms)
+    held: list[_Cue] = []
+    for i, cue in enumerate(cues):
+        end = cue.start_ms + min_ms
+        if i + 1 < len(cues):
+            end = min(end, cues[i + 1].start_ms)
+        held.append(replace(cue, end_ms=max(cue.end_ms, end)))
+    return held
 
 
 def _srt(cues: Sequence[_Cue]) -> str:

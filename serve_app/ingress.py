@@ -8,6 +8,7 @@ import hmac
 import logging
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -39,6 +40,8 @@ api = FastAPI(title="Transcription service", version="0.1.0",
               description="Speech to text with word timings and speakers; OpenAI-compatible audio API.")
 
 _MIB = 1024 * 1024
+WARNING_HEADER = "x-transcription-warnings"
+"""Response header naming what of the upload could not be decoded; absent when all of it was."""
 _LIST_FIELDS = {"timestamp_granularities[]": "timestamp_granularities",
                 "timestamp_granularities": "timestamp_granularities"}
 
@@ -190,7 +193,7 @@ class TranscriptionIngress:
                                                timeout_s=limits.decode_timeout_s,
                                                memory_limit_mib=limits.decode_memory_limit_mib)
             del data
-            transcript = await self._pipeline.run(decoded.samples, parsed)
+            transcript = replace(await self._pipeline.run(decoded.samples, parsed), warnings=decoded.warnings)
             subtitles = limits.subtitles.model_copy(update={
                 k: v for k, v in (("max_line_chars", parsed.max_line_chars),
                                   ("max_cue_duration_s", parsed.max_cue_duration_s)) if v is not None})
@@ -202,6 +205,11 @@ class TranscriptionIngress:
         logger.info("request %s: %s %.1f s of audio, %s, %.2f s", request_id, task, transcript.duration_s,
                     parsed.response_format, time.perf_counter() - started)
         headers = {"x-request-id": request_id}
+        if decoded.warnings:
+            # Every format carries them here, subtitles and plain text included; JSON bodies also
+            # list them under "warnings".
+            headers[WARNING_HEADER] = " | ".join(decoded.warnings)
+            logger.warning("request %s: %s", request_id, headers[WARNING_HEADER])
         if isinstance(content, dict):
             return JSONResponse(content, headers=headers)
         return PlainTextResponse(content, media_type=media_type, headers=headers)

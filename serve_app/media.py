@@ -93,6 +93,8 @@ class DecodedAudio:
     container:  FFmpeg demuxer name, e.g. "wav" or "mov,mp4,m4a,3gp,3g2,mj2"
     codec:      audio codec name, e.g. "pcm_s16le", "mp3", "aac", "opus"
     had_video:  the file also held a video stream (cover art in audio files does not count)
+    warnings:   what of the file could not be decoded (a truncated end, damaged packets), in words
+                for the user; empty when all of it was
     """
 
     samples: np.ndarray
@@ -100,6 +102,7 @@ class DecodedAudio:
     container: str
     codec: str
     had_video: bool
+    warnings: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,6 +188,7 @@ async def decode_audio(
         container=header["container"],
         codec=header["codec"],
         had_video=header["had_video"],
+        warnings=tuple(header.get("warnings", ())),
     )
 
 
@@ -448,7 +452,8 @@ def _decode(data: bytes, max_duration_s: float) -> tuple[dict[str, Any], bytearr
             message = _too_long_message(f"audio is {declared_s:.1f} s long", max_duration_s)
             raise _Rejected("too_long", message)
 
-        pcm = _decode_stream(container, stream, max_duration_s)
+        damage = _Damage()
+        pcm = _decode_stream(container, stream, max_duration_s, damage)
         if not pcm:
             raise _Rejected(
                 "invalid",
@@ -461,8 +466,32 @@ def _decode(data: bytes, max_duration_s: float) -> tuple[dict[str, Any], bytearr
             "codec": codec,
             "had_video": had_video,
             "samples": len(pcm) // _BYTES_PER_SAMPLE,
+            "warnings": damage.warnings(declared_s, len(pcm) / _BYTES_PER_SAMPLE / SAMPLE_RATE),
         }
         return header, pcm
+
+
+@dataclass
+class _Damage:
+    """What decoding had to skip. A damaged upload is still transcribed as far as it can be decoded
+    (like the ffmpeg tool does), but the response says what is missing: nothing is lost silently."""
+
+    skipped_packets: int = 0
+    read_error: bool = False
+
+    def warnings(self, declared_s: float | None, decoded_s: float) -> list[str]:
+        out = []
+        # Containers that store the length (MP3's Xing header, FLAC's STREAMINFO) reveal a cut end;
+        # WAV and Ogg derive it from the bytes present, so only a read error shows there.
+        short_by_s = 0.0 if declared_s is None else declared_s - decoded_s
+        if self.read_error or short_by_s > max(DURATION_SLACK_S, 0.02 * (declared_s or 0.0)):
+            of_declared = f" of the {declared_s:.1f} s its header declares" if short_by_s > 0 else ""
+            out.append(f"the file is truncated or damaged: only the first {decoded_s:.1f} s{of_declared} "
+                       f"could be decoded, and the transcript covers only that")
+        if self.skipped_packets:
+            out.append(f"{self.skipped_packets} damaged audio packet(s) could not be decoded and were "
+                       f"skipped; the transcript has gaps there")
+        return out
 
 
 def _declared_duration_s(container: av.container.InputContainer, stream: av.AudioStream) -> float | None:
@@ -481,12 +510,13 @@ def _too_long_message(what: str, max_duration_s: float) -> str:
 
 
 def _decode_stream(
-    container: av.container.InputContainer, stream: av.AudioStream, max_duration_s: float
+    container: av.container.InputContainer, stream: av.AudioStream, max_duration_s: float, damage: _Damage
 ) -> bytearray:
     """Decode and resample `stream`; stop as soon as more than the allowed duration came out.
 
     Tolerant like the ffmpeg tool: a packet that fails to decode is skipped, and a read error
-    (truncated or damaged file) ends the stream with what was decoded so far.
+    (truncated or damaged file) ends the stream with what was decoded so far; both are counted in
+    `damage`.
     """
     import av
 
@@ -501,7 +531,7 @@ def _decode_stream(
             # A plane's buffer may be padded past the samples: take exactly samples * 4 bytes.
             pcm.extend(memoryview(frame.planes[0])[: frame.samples * _BYTES_PER_SAMPLE])
 
-    for frame in _frames(container, stream):
+    for frame in _frames(container, stream, damage):
         if frame.sample_rate <= 0 or frame.samples <= 0:
             continue
         decoded_s += frame.samples / frame.sample_rate
@@ -536,8 +566,8 @@ def _decode_stream(
     return pcm
 
 
-def _frames(container: av.container.InputContainer, stream: av.AudioStream) -> Any:
-    """Yield the decoded frames of `stream`, skipping undecodable packets."""
+def _frames(container: av.container.InputContainer, stream: av.AudioStream, damage: _Damage) -> Any:
+    """Yield the decoded frames of `stream`, skipping (and counting) undecodable packets."""
     import av
 
     packets = container.demux(stream)
@@ -548,6 +578,7 @@ def _frames(container: av.container.InputContainer, stream: av.AudioStream) -> A
             return
         except av.error.FFmpegError:
             # A read error midway: flush what the decoder holds and end here.
+            damage.read_error = True
             with contextlib.suppress(av.error.FFmpegError):
                 yield from stream.codec_context.decode(None)
             return
@@ -556,4 +587,4 @@ def _frames(container: av.container.InputContainer, stream: av.AudioStream) -> A
         except MemoryError:
             raise  # PyAV's ENOMEM error is an FFmpegError too; this one is not the packet's fault
         except av.error.FFmpegError:
-            continue  # one damaged packet; the ffmpeg tool skips it too
+            damage.skipped_packets += 1  # one damaged packet; the ffmpeg tool skips it too

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from serve_app.ingress import WARNING_HEADER
 from tests import speech
 from tests.audio_samples import pyannote_sample, pyannote_sample_wav_bytes
 from tests.integration.conftest import paragraph, paragraph_wav, transcribe
@@ -82,6 +83,24 @@ def test_mp3_and_video_inputs(client):
         response = transcribe(client, data, filename=name)
         assert response.status_code == 200, (name, response.text)
         assert speech.word_error_rate(reference, response.json()["text"]) < WER_BOUND, name
+
+
+def test_a_truncated_upload_is_transcribed_as_far_as_it_goes_and_says_so(client):
+    samples, reference = paragraph()
+    whole = encode_audio(samples)
+    assert WARNING_HEADER not in transcribe(client, whole, filename="speech.mp3").headers
+    cut = whole[: len(whole) // 2]
+    for fmt in ("srt", "verbose_json"):
+        response = transcribe(client, cut, filename="cut.mp3", response_format=fmt)
+        assert response.status_code == 200, response.text
+        assert "truncated or damaged" in response.headers[WARNING_HEADER]
+        assert "its header declares" in response.headers[WARNING_HEADER]
+    body = response.json()
+    assert body["warnings"] == [response.headers[WARNING_HEADER]]
+    # what was decoded is transcribed: the paragraph's first half, none of its end
+    words = speech.normalize_text(body["text"]).split()
+    assert 0.3 < len(words) / len(speech.normalize_text(reference).split()) < 0.7
+    assert body["duration"] < 0.6 * len(samples) / speech.SAMPLE_RATE
 
 
 def test_models_and_health(client):

@@ -6,7 +6,7 @@ import dataclasses
 import itertools
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 from openai.types.audio import (
@@ -259,6 +259,7 @@ def _random_options(rng: random.Random) -> SubtitleOptions:
         max_lines_per_cue=rng.randint(1, 3),
         max_cue_duration_s=rng.uniform(0.5, 8.0),
         min_gap_s=rng.uniform(0.0, 2.0),
+        min_cue_duration_s=rng.uniform(0.0, 2.0),
         speaker_labels=rng.random() < 0.8,
     )
 
@@ -275,6 +276,26 @@ def test_random_transcripts_respect_every_limit(fmt: str) -> None:
         labelled = fmt == "srt" and opts.speaker_labels and bool(t.speakers)
         _assert_limits(cues, opts, label_chars=len("[SPEAKER_00] ") if labelled else 0)
         _assert_turns(cues, words, opts)
+        _assert_held(cues, opts)
+
+
+def _assert_held(cues: list[Cue], opts: SubtitleOptions) -> None:
+    """Every cue stays up for the minimum (capped by the maximum) or until the next one starts."""
+    shortest = min(round(opts.min_cue_duration_s * 1000), round(opts.max_cue_duration_s * 1000))
+    for cue, following in itertools.pairwise([*cues, None]):
+        until = cue.start_ms + shortest if following is None else min(cue.start_ms + shortest, following.start_ms)
+        assert cue.end_ms >= until, (cue, following, opts)
+
+
+def test_short_words_are_held_on_screen_but_not_into_the_next_cue() -> None:
+    words = [w("Yes.", 1.0, 1.0), w("No.", 5.0, 5.1), w("Maybe", 5.5, 5.6), w("so.", 10.0, 10.05)]
+    cues = parse(str(render(transcript([seg(words)]), "srt", subtitles=SubtitleOptions(min_gap_s=0.3))[0]), "srt")
+    assert [(c.words, c.start_ms, c.end_ms) for c in cues] == [
+        (["Yes."], 1000, 1800),  # a zero-length word, held 0.8 s
+        (["No."], 5000, 5500),  # held until "Maybe" starts
+        (["Maybe"], 5500, 6300),
+        (["so."], 10000, 10800),
+    ]
 
 
 def _vtt_unescape(text: str) -> str:
@@ -334,6 +355,16 @@ def test_json_parses_as_transcription() -> None:
     assert parsed.text == "Hello there. General Kenobi!"
     assert parsed.usage is not None and parsed.usage.type == "duration" and parsed.usage.seconds == 2.0
     assert Translation.model_validate(body).text == parsed.text
+
+
+@pytest.mark.parametrize("fmt", ["json", "verbose_json", "diarized_json"])
+def test_json_bodies_list_decoding_warnings(fmt: str) -> None:
+    clean, _ = render(_two_speakers(), fmt)
+    assert isinstance(clean, dict) and "warnings" not in clean
+    damaged = replace(_two_speakers(), warnings=("the file is truncated",))
+    body, _ = render(damaged, fmt)
+    assert isinstance(body, dict) and body["warnings"] == ["the file is truncated"]
+    assert {k: v for k, v in body.items() if k != "warnings"} == clean
 
 
 def test_verbose_json_segments_only_by_default() -> None:

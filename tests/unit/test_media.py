@@ -245,6 +245,7 @@ async def test_audio_formats_decode_to_16k_mono_float32(fmt, codec, rate, contai
 
     assert_tone(decoded, seconds=2.0, tolerance_s=tolerance_s)
     assert (decoded.container, decoded.codec, decoded.had_video) == (container, codec_name, False)
+    assert decoded.warnings == ()
 
 
 async def test_video_with_sound_gives_its_audio():
@@ -274,12 +275,35 @@ def test_sync_variant():
     assert_tone(decoded, seconds=2.0)
 
 
-async def test_truncated_file_with_a_decodable_start_gives_that_start():
-    # Like the ffmpeg tool: an upload cut short still yields the audio before the cut.
-    mp3 = encode_audio("mp3", "libmp3lame")
+async def test_truncated_file_with_a_decodable_start_gives_that_start_and_says_so():
+    # Like the ffmpeg tool: an upload cut short still yields the audio before the cut. MP3's Xing
+    # header declares the whole length, so the response can say how much is missing.
+    mp3 = encode_audio("mp3", "libmp3lame", seconds=10.0)
     decoded = await decode_audio(mp3[: len(mp3) // 2], max_duration_s=LIMIT_S)
 
-    assert 0.5 < decoded.duration_s < 1.5
+    assert 4.5 < decoded.duration_s < 5.5
+    (warning,) = decoded.warnings
+    assert "truncated or damaged" in warning and f"first {decoded.duration_s:.1f} s" in warning
+    assert "of the 10.0 s its header declares" in warning
+
+
+async def test_damaged_packets_are_skipped_and_counted():
+    mp3 = bytearray(encode_audio("mp3", "libmp3lame", seconds=10.0))
+    middle = len(mp3) // 2
+    mp3[middle : middle + 4000] = bytes(4000)  # zero a stretch of frames in the middle
+    decoded = await decode_audio(bytes(mp3), max_duration_s=LIMIT_S)
+
+    assert 9.0 < decoded.duration_s < 10.0  # 5 frames of 26 ms gone
+    assert decoded.warnings == ("5 damaged audio packet(s) could not be decoded and were skipped; the "
+                                "transcript has gaps there",)
+
+
+async def test_a_file_whose_length_comes_from_its_size_is_not_called_truncated():
+    # A cut WAV declares no more than the bytes present hold: nothing is known to be missing.
+    wav = encode_audio("wav", "pcm_s16le", seconds=4.0)
+    decoded = await decode_audio(wav[: len(wav) // 2], max_duration_s=LIMIT_S)
+
+    assert 1.9 < decoded.duration_s < 2.1 and decoded.warnings == ()
 
 
 # ----------------------------------------------------------------------------------------------
