@@ -123,7 +123,7 @@ class HolderReplica(Generic[ConfigT, HolderT]):
             if self._metrics is None:
                 self._metrics = ReplicaMetrics()
             self._metrics.record(self.holder.status(), report)
-        except Exception:
+        except Exception:  # metrics must never fail a request or a health check
             logger.debug("could not record replica metrics", exc_info=True)
 
     def __del__(self) -> None:

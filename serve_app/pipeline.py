@@ -94,7 +94,7 @@ class TranscriptionPipeline:
                 aligned = await self._alignment.options(multiplexed_model_id=language).align.remote(
                     audio, list(asr_result.segments))
                 return list(aligned), "alignment"
-            except Exception as e:
+            except Exception as e:  # narrowed just below, once Ray's wrapper is unwrapped
                 cause = unwrap_remote_error(e)
                 if not isinstance(cause, ModelUnavailable):
                     raise

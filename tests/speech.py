@@ -69,6 +69,33 @@ def _on_samples(wav, numsamples, _events):  # called by espeak-ng inside espeak_
 _callback = _SYNTH_CALLBACK(_on_samples)
 
 
+def _declare_signatures(lib: ctypes.CDLL) -> None:
+    """The argument and return types of the espeak-ng calls used here (speak_lib.h)."""
+    lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    lib.espeak_Initialize.restype = ctypes.c_int
+    lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
+    lib.espeak_SetSynthCallback.restype = None
+    lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+    lib.espeak_SetVoiceByName.restype = ctypes.c_int
+    lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.espeak_SetParameter.restype = ctypes.c_int
+    lib.espeak_Synth.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_uint,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_uint,
+        ctypes.POINTER(ctypes.c_uint),
+        ctypes.c_void_p,
+    ]
+    lib.espeak_Synth.restype = ctypes.c_int
+    lib.espeak_Synchronize.argtypes = []
+    lib.espeak_Synchronize.restype = ctypes.c_int
+    lib.espeak_Terminate.argtypes = []
+    lib.espeak_Terminate.restype = ctypes.c_int
+
+
 @contextmanager
 def _fresh_library() -> Iterator[tuple[ctypes.CDLL, int]]:
     """libespeak-ng loaded and initialised for one utterance, then terminated and unloaded.
@@ -79,40 +106,16 @@ def _fresh_library() -> Iterator[tuple[ctypes.CDLL, int]]:
     import espeakng_loader
 
     lib = ctypes.CDLL(espeakng_loader.get_library_path())
+    _declare_signatures(lib)
+    rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0)
     try:
-        lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-        lib.espeak_Initialize.restype = ctypes.c_int
-        lib.espeak_SetSynthCallback.argtypes = [_SYNTH_CALLBACK]
-        lib.espeak_SetSynthCallback.restype = None
-        lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
-        lib.espeak_SetVoiceByName.restype = ctypes.c_int
-        lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        lib.espeak_SetParameter.restype = ctypes.c_int
-        lib.espeak_Synth.argtypes = [
-            ctypes.c_void_p,
-            ctypes.c_size_t,
-            ctypes.c_uint,
-            ctypes.c_int,
-            ctypes.c_uint,
-            ctypes.c_uint,
-            ctypes.POINTER(ctypes.c_uint),
-            ctypes.c_void_p,
-        ]
-        lib.espeak_Synth.restype = ctypes.c_int
-        lib.espeak_Synchronize.argtypes = []
-        lib.espeak_Synchronize.restype = ctypes.c_int
-        lib.espeak_Terminate.argtypes = []
-        lib.espeak_Terminate.restype = ctypes.c_int
-
-        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0)
         if rate <= 0:
             raise RuntimeError(f"espeak_Initialize failed ({rate})")
-        try:
-            lib.espeak_SetSynthCallback(_callback)
-            yield lib, rate  # 22,050 Hz
-        finally:
-            lib.espeak_Terminate()
+        lib.espeak_SetSynthCallback(_callback)
+        yield lib, rate  # 22,050 Hz
     finally:
+        if rate > 0:
+            lib.espeak_Terminate()
         _ctypes.dlclose(lib._handle)
 
 
