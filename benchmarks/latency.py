@@ -45,9 +45,9 @@ def service(url: str, runs: int) -> dict[str, list[float]]:
 
 
 def baseline(runs: int) -> dict[str, list[float]]:
+    from core.transcript import AsrOptions, SpeakerOptions
     from deployments.asr import AsrConfig, AsrHolder
     from deployments.diarization import DiarizationConfig, DiarizationHolder
-    from deployments.transcript import AsrOptions, SpeakerOptions
 
     audio, _ = pyannote_sample()
     asr = AsrHolder(AsrConfig(model="bundled/tiny.en", cpu_threads=2))

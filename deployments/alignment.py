@@ -28,11 +28,12 @@ import numpy as np
 from pydantic import Field, ValidationError, field_validator
 from whisperx.utils import PUNKT_LANGUAGES  # a plain table; whisperx.utils imports nothing heavy
 
+from core.audio import SAMPLE_RATE_HZ
+from core.errors import ModelUnavailable
+from core.transcript import Segment, Word
 from deployments.gpu_memory import TeardownReport
 from deployments.holder import DeviceConfig, ModelHolder, residue_problem
 from deployments.replica import replica_identity, route_logs_to_serve
-from deployments.transcript import SAMPLE_RATE_HZ, Segment, Word
-from serve_app.errors import ModelUnavailable
 
 logger = logging.getLogger(__name__)
 

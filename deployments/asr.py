@@ -13,11 +13,12 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from core.audio import SAMPLE_RATE_HZ
+from core.errors import BadRequest, ModelUnavailable, UnknownModel, UnsupportedLanguage
+from core.transcript import AsrOptions, AsrResult, Segment, Word
 from deployments import bundled
 from deployments.holder import DeviceConfig, ModelHolder
 from deployments.replica import HolderReplica
-from deployments.transcript import SAMPLE_RATE_HZ, AsrOptions, AsrResult, Segment, Word
-from serve_app.errors import BadRequest, ModelUnavailable, UnknownModel, UnsupportedLanguage
 
 logger = logging.getLogger(__name__)
 

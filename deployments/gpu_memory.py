@@ -192,7 +192,7 @@ def require_free(device: str, needed_mib: float, what: str) -> None:
     free = free_bytes(device)
     if needed_mib <= 0 or free is None or free >= needed_mib * MIB:
         return
-    from serve_app.errors import ModelUnavailable
+    from core.errors import ModelUnavailable
 
     raise ModelUnavailable(f"not loading {what}: {device} has {free / MIB:.0f} MiB free and it needs "
                            f"about {needed_mib:.0f} MiB")

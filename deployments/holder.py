@@ -122,7 +122,7 @@ class ModelHolder(Generic[ConfigT, ModelT]):
 
     def _require_model(self) -> ModelT:
         if self.model is None:
-            from serve_app.errors import ModelUnavailable
+            from core.errors import ModelUnavailable
 
             raise ModelUnavailable(f"{type(self).__name__} has no model loaded")
         return self.model

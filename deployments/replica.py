@@ -86,7 +86,7 @@ class HolderReplica(Generic[ConfigT, HolderT]):
     @property
     def holder(self) -> HolderT:
         if self._holder is None:
-            from serve_app.errors import ModelUnavailable
+            from core.errors import ModelUnavailable
 
             raise ModelUnavailable(f"{type(self).__name__} has no user_config yet, so no model is loaded")
         return self._holder

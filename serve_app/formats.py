@@ -16,7 +16,8 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 from whisperx.utils import LANGUAGES  # openai-whisper's ISO code -> English name table (100 languages)
 
-from deployments.transcript import Segment, Transcript, Word
+from core.language import LANGUAGES_WITHOUT_SPACES
+from core.transcript import Segment, Transcript, Word
 
 ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json", "diarized_json"]
 RESPONSE_FORMATS: tuple[str, ...] = get_args(ResponseFormat)
@@ -35,8 +36,6 @@ MEDIA_TYPES: dict[str, str] = {
 # Speaker label for diarized_json when the transcript was not diarized, and for words no turn covered.
 SINGLE_SPEAKER = "SPEAKER_00"
 UNKNOWN_SPEAKER = "UNKNOWN"
-# Scripts written without spaces between words: words are joined, and pseudo-words are characters.
-_NO_SPACE_LANGUAGES = frozenset({"ja", "zh", "yue"})
 _NAME_TO_CODE = {name: code for code, name in LANGUAGES.items()}
 
 
@@ -197,7 +196,7 @@ def _text(t: Transcript) -> str:
     """The whole text and a newline, as OpenAI sends it; diarized: one `SPEAKER: text` line per turn."""
     if not _is_diarized(t):
         return t.text + "\n"
-    sep = "" if _code(t.language) in _NO_SPACE_LANGUAGES else " "
+    sep = "" if _code(t.language) in LANGUAGES_WITHOUT_SPACES else " "
     lines: list[tuple[str, str]] = []
     for turn in _turns(t):
         if lines and lines[-1][0] == turn.speaker:
@@ -232,7 +231,7 @@ class _Turn:
 
 def _tokens(t: Transcript) -> list[_Token]:
     """Every word of the transcript; segments without word timings get pseudo-words (see `_pseudo_words`)."""
-    no_space = _code(t.language) in _NO_SPACE_LANGUAGES
+    no_space = _code(t.language) in LANGUAGES_WITHOUT_SPACES
     out: list[_Token] = []
     for index, seg in enumerate(t.segments):
         words = seg.words or _pseudo_words(seg, no_space)

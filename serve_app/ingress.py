@@ -19,9 +19,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.schema import ReplicaState
 from starlette.datastructures import UploadFile
 
-from deployments.replica import route_logs_to_serve
-from serve_app import formats, media
-from serve_app.errors import (
+from core.errors import (
     BadRequest,
     ModelUnavailable,
     PayloadTooLarge,
@@ -30,6 +28,8 @@ from serve_app.errors import (
     ValidationFailed,
     error_body,
 )
+from deployments.replica import route_logs_to_serve
+from serve_app import formats, media
 from serve_app.pipeline import TranscriptionPipeline, unwrap_remote_error
 from serve_app.schemas import TranscriptionRequest
 from serve_app.settings import AppArgs, ServiceSettings

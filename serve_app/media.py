@@ -38,16 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
-from serve_app.errors import AudioTooLong, InvalidAudio, NoAudioStream, PayloadTooLarge
+from core.audio import SAMPLE_RATE_HZ
+from core.errors import AudioTooLong, InvalidAudio, NoAudioStream, PayloadTooLarge
 
 if TYPE_CHECKING:
     import av.container
     import numpy as np
 
 logger = logging.getLogger(__name__)
-
-SAMPLE_RATE = 16_000
-"""Output sample rate in Hz."""
 
 _BYTES_PER_SAMPLE = 4  # float32
 
@@ -140,7 +138,7 @@ async def decode_audio(
             param="file",
         )
     # The child enforces the limit itself; the parent only refuses to read more than this.
-    max_samples = math.ceil((max_duration_s + DURATION_SLACK_S) * SAMPLE_RATE)
+    max_samples = math.ceil((max_duration_s + DURATION_SLACK_S) * SAMPLE_RATE_HZ)
     child_args = {
         "max_duration_s": max_duration_s,
         "memory_limit_mib": memory_limit_mib,
@@ -184,7 +182,7 @@ async def decode_audio(
     samples = np.frombuffer(pcm, dtype=np.float32)  # a view of our bytearray, so writable
     return DecodedAudio(
         samples=samples,
-        duration_s=len(samples) / SAMPLE_RATE,
+        duration_s=len(samples) / SAMPLE_RATE_HZ,
         container=header["container"],
         codec=header["codec"],
         had_video=header["had_video"],
@@ -466,7 +464,7 @@ def _decode(data: bytes, max_duration_s: float) -> tuple[dict[str, Any], bytearr
             "codec": codec,
             "had_video": had_video,
             "samples": len(pcm) // _BYTES_PER_SAMPLE,
-            "warnings": damage.warnings(declared_s, len(pcm) / _BYTES_PER_SAMPLE / SAMPLE_RATE),
+            "warnings": damage.warnings(declared_s, len(pcm) / _BYTES_PER_SAMPLE / SAMPLE_RATE_HZ),
         }
         return header, pcm
 
@@ -552,7 +550,7 @@ def _decode_stream(
             resampler = av.AudioResampler(
                 format="flt",
                 layout="mono",
-                rate=SAMPLE_RATE,
+                rate=SAMPLE_RATE_HZ,
                 # Downmix to the channels' mean. Left alone, swresample does not normalise its
                 # matrix for float output: stereo would come out at 0.71 * (L + R) and 5.1 at up
                 # to 1.7x full scale, i.e. clipped.

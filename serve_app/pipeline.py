@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import BadRequest, ModelUnavailable
+from core.transcript import AsrOptions, AsrResult, Segment, SpeakerOptions, Transcript, WordSource
 from deployments.alignment import AlignmentConfig
-from deployments.transcript import AsrOptions, AsrResult, Segment, SpeakerOptions, Transcript, WordSource
-from serve_app.errors import BadRequest, ModelUnavailable
 from serve_app.schemas import TranscriptionRequest
 from serve_app.speakers import assign_speakers, speakers_in_order
 

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from core.language import whisper_language_codes
 from serve_app.formats import ResponseFormat
 
 Task = Literal["transcribe", "translate"]
@@ -13,12 +14,6 @@ Granularity = Literal["word", "segment"]
 
 # Formats whose rendering needs word timings.
 _WORD_FORMATS = {"srt", "vtt", "diarized_json"}
-
-
-def whisper_language_codes() -> frozenset[str]:
-    from faster_whisper.tokenizer import _LANGUAGE_CODES
-
-    return frozenset(_LANGUAGE_CODES)
 
 
 class TranscriptionRequest(BaseModel):

@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
 
-from deployments.transcript import Segment, SpeakerTurn, Word
+from core.transcript import Segment, SpeakerTurn, Word
 
 # A word further than this from every turn stays unlabelled rather than guessed.
 NEAREST_TURN_MAX_GAP_S = 1.0

@@ -38,10 +38,10 @@ def _speech() -> np.ndarray:
 
 def holders(device: str, workdir: Path) -> dict[str, tuple[Callable[[], ModelHolder], Callable[[ModelHolder], object]]]:
     """name -> (build the holder, use it once)."""
+    from core.transcript import AsrOptions, Segment, SpeakerOptions
     from deployments.alignment import AlignmentModelHolder, AlignmentModelSpec
     from deployments.asr import AsrConfig, AsrHolder
     from deployments.diarization import DiarizationConfig, DiarizationHolder
-    from deployments.transcript import AsrOptions, Segment, SpeakerOptions
     from tests.models.tiny_wav2vec2 import build_tiny_wav2vec2
 
     audio = _speech()

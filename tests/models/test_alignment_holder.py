@@ -13,6 +13,9 @@ import nltk
 import numpy as np
 import pytest
 
+from core.audio import SAMPLE_RATE_HZ
+from core.errors import ModelUnavailable
+from core.transcript import Segment, Word
 from deployments.alignment import (
     AlignmentConfig,
     AlignmentModelHolder,
@@ -22,8 +25,6 @@ from deployments.alignment import (
     whisperx_default_models,
 )
 from deployments.gpu_memory import TeardownReport
-from deployments.transcript import SAMPLE_RATE_HZ, Segment, Word
-from serve_app.errors import ModelUnavailable
 from tests.models.tiny_wav2vec2 import build_tiny_wav2vec2
 
 pytestmark = pytest.mark.models

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.errors import BadRequest, UnsupportedLanguage
+from core.transcript import AsrOptions
 from deployments.asr import AsrConfig, AsrHolder
-from deployments.transcript import AsrOptions
-from serve_app.errors import BadRequest, UnsupportedLanguage
 from tests.audio_samples import pyannote_sample
 from tests.speech import word_error_rate
 

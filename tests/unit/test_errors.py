@@ -5,7 +5,7 @@ import json
 import pytest
 from ray.exceptions import RayTaskError
 
-from serve_app.errors import (
+from core.errors import (
     AudioTooLong,
     BadRequest,
     InvalidAudio,

@@ -18,7 +18,7 @@ from openai.types.audio import (
 )
 from pydantic import ValidationError
 
-from deployments.transcript import Segment, Transcript, Word
+from core.transcript import Segment, Transcript, Word
 from serve_app.formats import (
     MEDIA_TYPES,
     RESPONSE_FORMATS,

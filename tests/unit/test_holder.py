@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pydantic import Field
 
+from core.errors import ModelUnavailable
 from deployments.holder import DeviceConfig, ModelHolder
-from serve_app.errors import ModelUnavailable
 
 MIB = 1024 * 1024
 KEPT: list[np.ndarray] = []  # what the leaky holder "forgets" to release

@@ -21,8 +21,8 @@ import av
 import numpy as np
 import pytest
 
+from core.errors import AudioTooLong, InvalidAudio, NoAudioStream, PayloadTooLarge, ServiceError
 from serve_app import media
-from serve_app.errors import AudioTooLong, InvalidAudio, NoAudioStream, PayloadTooLarge, ServiceError
 from serve_app.media import DecodedAudio, decode_audio, decode_audio_sync
 
 TONE_HZ = 1000.0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.errors import BadRequest, ModelUnavailable
+from core.transcript import AsrResult, Segment, SpeakerTurn, Word
 from deployments.alignment import AlignmentConfig
-from deployments.transcript import AsrResult, Segment, SpeakerTurn, Word
-from serve_app.errors import BadRequest, ModelUnavailable
 from serve_app.pipeline import TranscriptionPipeline
 from serve_app.schemas import TranscriptionRequest
 from tests.unit.fakes import FakeHandle

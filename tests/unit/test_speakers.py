@@ -1,6 +1,6 @@
 """Word-to-speaker assignment: overlap wins, nearest turn within a second, segments by word time."""
 
-from deployments.transcript import Segment, SpeakerTurn, Word
+from core.transcript import Segment, SpeakerTurn, Word
 from serve_app.speakers import assign_speakers, speaker_at, speakers_in_order
 
 TURNS = [SpeakerTurn("A", 0.0, 2.0), SpeakerTurn("B", 1.8, 4.0), SpeakerTurn("A", 6.0, 7.0)]

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-SAMPLE_RATE_HZ = 16_000
-
 WordSource = Literal["alignment", "whisper"]
 
 
