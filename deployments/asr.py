@@ -1,33 +1,31 @@
-"""Speech recognition: whisperX's batched faster-whisper pipeline with pyannote VAD.
+"""Speech recognition: faster-whisper models decoded chunk by chunk after one pass of pyannote VAD.
 
-`AsrHolder` works without Ray; `AsrDeployment` at the bottom is the thin Serve wrapper.
+`AsrHolder` holds one model and works without Ray; `AsrDeployment` at the bottom serves every model its
+config lists, chosen per request, through the replica's model pool.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from core.audio import SAMPLE_RATE_HZ
 from core.errors import BadRequest, ModelUnavailable, UnknownModel, UnsupportedLanguage
-from core.transcript import AsrOptions, AsrResult, Segment, Word
-from deployments import bundled
+from core.transcript import AsrOptions, AsrResult, Segment
+from deployments import bundled, whisper_decode
 from deployments.holder import DeviceConfig, ModelHolder
-from deployments.replica import HolderReplica
+from deployments.replica import ModelReplica
 
 logger = logging.getLogger(__name__)
 
 
-class AsrConfig(DeviceConfig):
-    """The ASR deployment's `user_config`."""
+class AsrSettings(DeviceConfig):
+    """How Whisper models run and decode: shared by every model the ASR deployment serves."""
 
-    model: str = Field("bundled/tiny.en", description="faster-whisper size name (large-v3), hub id, local "
-                       "CTranslate2 directory, or bundled/tiny.en | bundled/base (weights from installed packages)")
     compute_type: str = Field("int8", description="CTranslate2 compute type: int8, int8_float16, float16, float32")
     batch_size: int = Field(8, ge=1, le=128, description="VAD chunks decoded per batch")
     beam_size: int = Field(5, ge=1, le=20, description="beam width")
@@ -39,14 +37,48 @@ class AsrConfig(DeviceConfig):
     download_dir: str | None = Field(None, description="where hub models are cached (a mounted volume on Kubernetes)")
 
 
-def _language_codes() -> frozenset[str]:
-    from faster_whisper.tokenizer import _LANGUAGE_CODES
+class AsrConfig(AsrSettings):
+    """One Whisper model and how it runs: what one `AsrHolder` loads."""
 
-    return frozenset(_LANGUAGE_CODES)
+    model: str = Field("bundled/tiny.en", description="faster-whisper size name (large-v3), hub id, local "
+                       "CTranslate2 directory, or bundled/tiny.en | bundled/base (weights from installed packages)")
+
+
+class AsrDeploymentConfig(AsrSettings):
+    """The ASR deployment's `user_config`: the models it offers and how many it keeps loaded."""
+
+    models: dict[str, str] = Field(
+        default_factory=lambda: {"tiny.en": "bundled/tiny.en"},
+        description="model id (what clients send as `model`) -> where its weights come from: a faster-whisper "
+                    "size name, hub id, local CTranslate2 directory, or bundled/tiny.en | bundled/base")
+    default_model: str = Field("tiny.en", description="the model id used when a request names none or an alias "
+                               "such as whisper-1; loaded at start-up and never unloaded for being idle")
+    translation_model: str | None = Field(None, description="model id used for translations that name no model "
+                                          "when the default model is English-only; None: such requests get a "
+                                          "400 naming the models to choose from")
+    max_loaded_models: int = Field(2, ge=1, le=16, description="models one replica holds at once; loading "
+                                   "another evicts the least recently used (measured teardown)")
+    idle_unload_s: float | None = Field(900, gt=0, description="seconds a model other than the default may "
+                                        "stay unused before it is unloaded; None: never")
+
+    @model_validator(mode="after")
+    def _models_named_exist(self) -> AsrDeploymentConfig:
+        if not self.models:
+            raise ValueError("models: list at least one model")
+        for field in ("default_model", "translation_model"):
+            value = getattr(self, field)
+            if value is not None and value not in self.models:
+                raise ValueError(f"{field} {value!r} is not one of models: {sorted(self.models)}")
+        return self
+
+    def spec_for(self, model_id: str) -> AsrConfig:
+        """The holder config of one offered model."""
+        shared = self.model_dump(include=set(AsrSettings.model_fields))
+        return AsrConfig(model=self.models[model_id], **shared)
 
 
 class AsrHolder(ModelHolder[AsrConfig, Any]):
-    """Holds one whisperX `FasterWhisperPipeline`; `transcribe` runs on the owning thread."""
+    """Holds one whisperX `FasterWhisperPipeline` (model + VAD); `transcribe` runs on the owning thread."""
 
     def identity(self, config: AsrConfig) -> Any:
         # Beam size, batch size, default language and VAD thresholds apply per call: no reload.
@@ -71,6 +103,7 @@ class AsrHolder(ModelHolder[AsrConfig, Any]):
         source = bundled.whisper_model_dir(config.model) if bundled.is_bundled(config.model) else config.model
         device, _, index = config.device.partition(":")
         try:
+            # whisperX builds the model and its pyannote VAD; the decode itself is whisper_decode's.
             pipeline = whisperx.load_model(
                 source, device, device_index=int(index or 0), compute_type=config.compute_type,
                 vad_method="pyannote",  # ships its weights in whisperX; silero goes through torch.hub
@@ -93,110 +126,104 @@ class AsrHolder(ModelHolder[AsrConfig, Any]):
     def multilingual(self) -> bool:
         return bool(self._require_model().model.model.is_multilingual)
 
-    def _language_for(self, requested: str | None, task: str) -> str | None:
-        if not self.multilingual:
-            if requested not in (None, "en"):
-                raise UnsupportedLanguage(
-                    f"the model {self.config.model} understands English only; send language=en or omit it",
-                    param="language")
-            if task == "translate":
-                raise BadRequest(f"the model {self.config.model} is English-only and cannot translate; "
-                                 "use /v1/audio/transcriptions", param="model")
-            return "en"
-        language = requested or self.config.language
-        if language is not None and language not in _language_codes():
-            raise UnsupportedLanguage(f"unknown language code {language!r}; use an ISO 639-1 code such as "
-                                      "en, de, fr", param="language")
-        return language
+    def _check_language(self, requested: str | None, task: str) -> str | None:
+        """The language to decode in (None: detect); English-only models refuse other languages."""
+        if self.multilingual:
+            return requested or self.config.language
+        if requested not in (None, "en"):
+            raise UnsupportedLanguage(f"the model {self.config.model} understands English only; send "
+                                      "language=en, omit it, or name a multilingual model", param="language")
+        if task == "translate":
+            raise BadRequest(f"the model {self.config.model} is English-only and cannot translate; "
+                             "name a multilingual model", param="model")
+        return "en"
 
     def transcribe(self, audio: np.ndarray, options: AsrOptions) -> AsrResult:
-        """Recognise speech in 16 kHz mono float32 audio. Runs on the owning thread."""
+        """Recognise speech in 16 kHz mono float32 audio: VAD once, each chunk decoded once, and word
+        timings (if asked) aligned to the tokens of that decode. Runs on the owning thread."""
         pipeline = self._require_model()
-        if options.model is not None and options.model != self.config.model:
-            # Checked here, not in the ingress: a reconfigure may have swapped the model since.
-            raise UnknownModel(f"unknown model {options.model!r}; this server offers {self.config.model} "
-                               "(or an alias listed by GET /v1/models)", param="model")
-        language = self._language_for(options.language, options.task)
-        audio = np.ascontiguousarray(audio, dtype=np.float32)
-        if not audio.flags.writeable:  # arrays from Ray's object store are read-only views
-            audio = audio.copy()
-        duration_s = len(audio) / SAMPLE_RATE_HZ
-        if options.word_timestamps:
-            return self._transcribe_with_words(pipeline, audio, language, options, duration_s)
-        base_options = pipeline.options
-        pipeline.options = replace(
-            base_options,
-            beam_size=self.config.beam_size,
-            initial_prompt=options.prompt,
-            temperatures=[options.temperature] if options.temperature is not None else base_options.temperatures,
-        )
-        try:
-            result = pipeline.transcribe(audio, batch_size=self.config.batch_size, language=language,
-                                         task=options.task, chunk_size=self.config.chunk_size_s)
-        finally:
-            pipeline.options = base_options
+        language = self._check_language(options.language, options.task)
+        # whisperX's VAD hands the array to torch, which wants writeable memory; arrays from Ray's
+        # object store are read-only views.
+        audio = np.array(audio, dtype=np.float32) if not audio.flags.writeable else audio
+        config = self.config
+        chunks = whisper_decode.speech_chunks(pipeline.vad_model, audio, chunk_size_s=config.chunk_size_s,
+                                              onset=config.vad_onset, offset=config.vad_offset)
+        language = language or whisper_decode.detect_language(pipeline, audio, chunks)
+        settings = whisper_decode.DecodeSettings(
+            task=options.task, language=language, prompt=options.prompt, beam_size=config.beam_size,
+            temperature=options.temperature, batch_size=config.batch_size, word_timestamps=options.word_timestamps)
+        decoded = whisper_decode.decode(pipeline, audio, chunks, language, settings)
         segments = tuple(
-            Segment(text=s["text"].strip(), start_s=float(s["start"]), end_s=float(s["end"]),
-                    avg_logprob=_float_or_none(s.get("avg_logprob")))
-            for s in result["segments"] if s["text"].strip()
-        )
-        return AsrResult(language=result["language"], segments=segments, duration_s=duration_s)
-
-    def _transcribe_with_words(self, pipeline: Any, audio: np.ndarray, language: str | None,
-                               options: AsrOptions, duration_s: float) -> AsrResult:
-        """Segments with Whisper's own word timestamps (cross-attention DTW) in the same pass.
-
-        The fallback where no alignment model serves the language: faster-whisper's batched
-        pipeline over the same loaded model returns words at no measurable extra cost.
-        """
-        from faster_whisper import BatchedInferencePipeline
-
-        kwargs: dict[str, Any] = {}
-        if options.temperature is not None:
-            kwargs["temperature"] = options.temperature
-        segments_iter, info = BatchedInferencePipeline(pipeline.model).transcribe(
-            audio, language=language, task=options.task, beam_size=self.config.beam_size,
-            batch_size=self.config.batch_size, initial_prompt=options.prompt, word_timestamps=True,
-            vad_filter=True, **kwargs,
-        )
-        segments = []
-        for s in segments_iter:
-            words = tuple(Word(text=w.word.strip(), start_s=float(w.start), end_s=float(w.end),
-                               probability=float(w.probability)) for w in (s.words or ()) if w.word.strip())
-            if s.text.strip():
-                segments.append(Segment(text=s.text.strip(), start_s=float(s.start), end_s=float(s.end),
-                                        words=words, avg_logprob=float(s.avg_logprob)))
-        return AsrResult(language=info.language, segments=tuple(segments), duration_s=duration_s,
-                         word_source="whisper")
+            Segment(text=item.text.strip(), start_s=item.start_s, end_s=item.end_s, words=item.words,
+                    avg_logprob=item.avg_logprob)
+            for item in decoded if item.text.strip())
+        return AsrResult(language=language, segments=segments, duration_s=len(audio) / SAMPLE_RATE_HZ,
+                         word_source="whisper" if options.word_timestamps else None)
 
     def describe(self) -> dict[str, Any]:
-        """What the loaded model can do, for the ingress's model list."""
-        return {"model": self.config.model, "multilingual": self.multilingual,
-                "default_language": self.config.language}
-
-
-def _float_or_none(value: Any) -> float | None:
-    try:
-        return None if value is None else float(value)
-    except (TypeError, ValueError):
-        return None
+        """What the loaded model can do."""
+        return {"source": self.config.model, "multilingual": self.multilingual}
 
 
 # --- Ray Serve wrapper (serve_app.app applies serve.deployment, so this module imports without Ray) ---
 
 
-class AsrDeployment(HolderReplica[AsrConfig, AsrHolder]):
-    """Speech recognition replica. Replicas, resources and autoscaling come from serve_config.yaml."""
+class AsrDeployment(ModelReplica[AsrDeploymentConfig, AsrConfig, AsrHolder]):
+    """Speech recognition replica serving every model its config lists, each loaded on first use.
 
-    config_cls = AsrConfig
+    Replicas, resources and autoscaling come from serve_config.yaml.
+    """
+
+    config_cls = AsrDeploymentConfig
 
     def __init__(self, holder_factory: type[AsrHolder] = AsrHolder) -> None:
         super().__init__(holder_factory)
+        self._default_multilingual = True  # learnt from the default model once it is loaded
+
+    def model_specs(self, config: AsrDeploymentConfig) -> dict[str, AsrConfig]:
+        return {model_id: config.spec_for(model_id) for model_id in config.models}
+
+    def preloaded(self, config: AsrDeploymentConfig) -> list[str]:
+        return [config.default_model]
+
+    def pool_bounds(self, config: AsrDeploymentConfig) -> tuple[int, float | None]:
+        return config.max_loaded_models, config.idle_unload_s
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        await super().reconfigure(user_config)
+        described = await self.call(self.config.default_model, "describe")
+        self._default_multilingual = described["multilingual"]
+
+    def _model_for(self, options: AsrOptions) -> str:
+        """The model id a request runs on: the one it names, else the default (or, for a translation
+        with an English-only default, the configured translation model)."""
+        config = self.config
+        if options.model is not None:
+            if options.model not in config.models:
+                raise UnknownModel(f"unknown model {options.model!r}; this server offers "
+                                   f"{', '.join(sorted(config.models))} (or an alias listed by GET /v1/models)",
+                                   param="model")
+            return options.model
+        if options.task == "translate" and not self._default_multilingual:
+            if config.translation_model is not None:
+                return config.translation_model
+            others = sorted(set(config.models) - {config.default_model})
+            hint = f"name a multilingual one: model={' or model='.join(others)}" if others else \
+                "this server offers no multilingual model"
+            raise BadRequest(f"the default model {config.default_model} is English-only and cannot translate; "
+                             f"{hint}", param="model")
+        return config.default_model
 
     async def transcribe(self, audio: np.ndarray, options: AsrOptions) -> AsrResult:
-        holder = self.holder
-        return await holder.arun(holder.transcribe, audio, options)
+        model_id = self._model_for(options)
+        return await self.call(model_id, "transcribe", audio, options)
 
     async def describe(self) -> dict[str, Any]:
-        holder = self.holder
-        return await holder.arun(holder.describe)
+        """The models offered, which one is the default, and which are loaded on this replica."""
+        config, loaded = self.config, set(self._pool.loaded())
+        return {"default_model": config.default_model, "translation_model": config.translation_model,
+                "models": [{"id": model_id, "source": source, "loaded": model_id in loaded,
+                            "default": model_id == config.default_model}
+                           for model_id, source in config.models.items()],
+                "default_multilingual": self._default_multilingual}

@@ -25,10 +25,10 @@ import numpy as np
 from pydantic import Field, SecretStr
 
 from core.audio import SAMPLE_RATE_HZ
-from core.errors import BadRequest, ModelUnavailable
+from core.errors import ModelUnavailable
 from core.transcript import SpeakerOptions, SpeakerTurn
 from deployments.holder import DeviceConfig, ModelHolder
-from deployments.replica import HolderReplica
+from deployments.replica import SINGLE_MODEL, ModelReplica
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,6 @@ class DiarizationHolder(ModelHolder[DiarizationConfig, Any]):
         """Speaker turns of 16 kHz mono float32 audio, labelled SPEAKER_00, SPEAKER_01... in order of
         first appearance, times in seconds. Runs on the owning thread."""
         pipeline = self._require_model()
-        num_speakers, min_speakers, max_speakers = _speaker_bounds(options)
         samples = np.asarray(audio, dtype=np.float32)
         if samples.ndim != 1:
             raise ValueError(f"expected mono audio as a 1-D array, got shape {samples.shape}")
@@ -166,8 +165,9 @@ class DiarizationHolder(ModelHolder[DiarizationConfig, Any]):
         pipeline.embedding_batch_size = self.config.embedding_batch_size
         pipeline.segmentation_batch_size = self.config.segmentation_batch_size
         # A copy: arrays from Ray's object store are read-only, and torch wants writeable memory.
-        output = _apply(pipeline, samples.copy(), num_speakers=num_speakers, min_speakers=min_speakers,
-                        max_speakers=max_speakers)
+        # Speaker bounds were checked at the edge (serve_app.schemas), where the request arrives.
+        output = _apply(pipeline, samples.copy(), num_speakers=options.num_speakers,
+                        min_speakers=options.min_speakers, max_speakers=options.max_speakers)
         duration_s = samples.size / SAMPLE_RATE_HZ
         return _turns(_annotation(output, exclusive=self.config.exclusive_turns), duration_s)
 
@@ -275,19 +275,6 @@ def _warm_up(pipeline: Any) -> None:
     _apply(pipeline, 1e-3 * np.random.default_rng(0).standard_normal(5 * SAMPLE_RATE_HZ).astype(np.float32))
 
 
-def _speaker_bounds(options: SpeakerOptions) -> tuple[int | None, int | None, int | None]:
-    """(num, min, max) speakers from the request, checked: positive, and min <= max."""
-    for name in ("num_speakers", "min_speakers", "max_speakers"):
-        value = getattr(options, name)
-        if value is not None and value < 1:
-            raise BadRequest(f"{name} must be at least 1, not {value}", param=name)
-    if options.min_speakers is not None and options.max_speakers is not None \
-            and options.min_speakers > options.max_speakers:
-        raise BadRequest(f"min_speakers ({options.min_speakers}) is above max_speakers "
-                         f"({options.max_speakers})", param="min_speakers")
-    return options.num_speakers, options.min_speakers, options.max_speakers
-
-
 def _annotation(output: Any, exclusive: bool) -> Any:
     """The pyannote `Annotation` to report from a pipeline's output (pyannote 4 or legacy)."""
     if exclusive and hasattr(output, "exclusive_speaker_diarization"):
@@ -313,8 +300,8 @@ def _turns(annotation: Any, duration_s: float) -> list[SpeakerTurn]:
 # --- Ray Serve wrapper (serve_app.app applies serve.deployment, so this module imports without Ray) ---
 
 
-class DiarizationDeployment(HolderReplica[DiarizationConfig, DiarizationHolder]):
-    """Diarization replica. Replicas, resources and autoscaling come from serve_config.yaml."""
+class DiarizationDeployment(ModelReplica[DiarizationConfig, DiarizationConfig, DiarizationHolder]):
+    """Diarization replica (one pipeline). Replicas, resources and autoscaling come from serve_config.yaml."""
 
     config_cls = DiarizationConfig
 
@@ -322,5 +309,4 @@ class DiarizationDeployment(HolderReplica[DiarizationConfig, DiarizationHolder])
         super().__init__(holder_factory)
 
     async def diarize(self, audio: np.ndarray, options: SpeakerOptions) -> list[SpeakerTurn]:
-        holder = self.holder
-        return await holder.arun(holder.diarize, audio, options)
+        return await self.call(SINGLE_MODEL, "diarize", audio, options)

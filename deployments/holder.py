@@ -18,8 +18,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from core.errors import ModelUnavailable
 from deployments import gpu_memory
 from deployments.gpu_memory import MemorySample, TeardownReport
 
@@ -30,6 +31,9 @@ DEVICE_PATTERN = r"^(cpu|cuda(:\d+)?)$"
 
 class DeviceConfig(BaseModel):
     """Where a model runs and how its memory is judged: the fields every holder config shares."""
+
+    # A misspelt key must fail the deploy with its name, not deploy a default silently.
+    model_config = ConfigDict(extra="forbid")
 
     device: str = Field("cpu", pattern=DEVICE_PATTERN, description="torch-style device: cpu, cuda or cuda:N")
     cpu_threads: int = Field(2, ge=1, le=64, description="CPU threads for the model (torch's are process-wide); "
@@ -81,6 +85,7 @@ class ModelHolder(Generic[ConfigT, ModelT]):
         try:
             self.run(self._load, config)
         except BaseException:
+            self._closed = True  # nothing to close: a later close() must not schedule on a dead thread
             self._executor.shutdown(wait=False)  # no model, no thread left behind
             raise
 
@@ -122,8 +127,6 @@ class ModelHolder(Generic[ConfigT, ModelT]):
 
     def _require_model(self) -> ModelT:
         if self.model is None:
-            from core.errors import ModelUnavailable
-
             raise ModelUnavailable(f"{type(self).__name__} has no model loaded")
         return self.model
 

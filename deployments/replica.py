@@ -1,26 +1,35 @@
-"""What every model deployment does the same way around its holder: config, health, status, shutdown.
+"""The one Serve lifecycle of every model deployment: config, model pool, health, status, metrics, shutdown.
 
-A deployment class inherits `HolderReplica`, names its config class and its holder factory, and
-adds only its request methods. Serve calls `reconfigure` after `__init__` and on every `user_config`
-change, `check_health` periodically, and `__del__` on graceful shutdown.
+A deployment class inherits `ModelReplica`, names its config class, says which models its config
+offers (`model_specs`), and adds only its request methods, which run through `self.call`. Serve calls
+`reconfigure` after `__init__` and on every `user_config` change, `check_health` periodically, and
+`__del__` on graceful shutdown. A single-model deployment offers one model under `SINGLE_MODEL`; the
+ASR deployment offers one per model id, alignment one per language.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from deployments.gpu_memory import TeardownReport
-from deployments.holder import ModelHolder
+from core.errors import ModelUnavailable
+from deployments import gpu_memory
+from deployments.holder import DeviceConfig, ModelHolder
+from deployments.pool import ModelPool
 
 logger = logging.getLogger(__name__)
 
-ConfigT = TypeVar("ConfigT", bound=BaseModel)
+ConfigT = TypeVar("ConfigT", bound=DeviceConfig)
+SpecT = TypeVar("SpecT", bound=DeviceConfig)
 HolderT = TypeVar("HolderT", bound=ModelHolder)
+
+SINGLE_MODEL = "model"
+"""The pool key of a deployment that holds one model: a new config swaps that holder in place."""
 
 
 def route_logs_to_serve() -> None:
@@ -30,7 +39,7 @@ def route_logs_to_serve() -> None:
     teardown reports would go nowhere.
     """
     serve_logger = logging.getLogger("ray.serve")
-    for name in ("deployments", "serve_app"):
+    for name in ("core", "deployments", "serve_app"):
         ours = logging.getLogger(name)
         ours.setLevel(logging.INFO)
         for handler in serve_logger.handlers:
@@ -51,7 +60,7 @@ def replica_identity() -> dict[str, Any]:
 
 
 class ReplicaMetrics:
-    """Per-replica gauges through Ray Serve's metrics (Serve tags deployment and replica)."""
+    """Per-replica figures through Ray Serve's metrics (Serve tags deployment and replica)."""
 
     def __init__(self) -> None:
         from ray.serve import metrics
@@ -59,76 +68,140 @@ class ReplicaMetrics:
         self.memory_bytes = metrics.Gauge(
             "transcription_model_memory_bytes",
             description="Memory this replica holds now: GPU memory on CUDA (NVML), resident memory on CPU.")
+        self.models_loaded = metrics.Gauge(
+            "transcription_models_loaded", description="Models this replica holds loaded now.")
         self.residue_bytes = metrics.Gauge(
             "transcription_teardown_residue_bytes",
             description="Memory left above the pre-load baseline after the last model teardown.")
         self.teardown_seconds = metrics.Gauge(
             "transcription_teardown_seconds", description="Duration of the last model teardown.")
+        self.unloads = metrics.Counter(
+            "transcription_model_unloads", description="Models unloaded, by reason (evicted, idle, "
+            "removed, replaced, shutdown).", tag_keys=("reason",))
+        self._counted: Counter[str] = Counter()
 
-    def record(self, status: dict[str, Any], report: TeardownReport | None) -> None:
-        self.memory_bytes.set(status["memory_now_bytes"])
+    def record(self, pool: ModelPool, device: str) -> None:
+        self.memory_bytes.set(gpu_memory.measure(device).primary_bytes)
+        self.models_loaded.set(len(pool.loaded()))
+        report = pool.last_teardown
         if report is not None:
             self.residue_bytes.set(report.residue_bytes)
             self.teardown_seconds.set(report.seconds)
+        for reason, total in pool.unload_counts.items():
+            if total > self._counted[reason]:
+                self.unloads.inc(total - self._counted[reason], tags={"reason": reason})
+                self._counted[reason] = total
 
 
-class HolderReplica(Generic[ConfigT, HolderT]):
-    """Serve lifecycle around one model holder."""
+class ModelReplica(Generic[ConfigT, SpecT, HolderT]):
+    """Serve lifecycle around a pool of model holders; see the module docstring."""
 
-    config_cls: ClassVar[type[BaseModel]]
+    config_cls: ClassVar[type[DeviceConfig]]
 
-    def __init__(self, holder_factory: Callable[[ConfigT], HolderT]) -> None:
-        self._holder_factory = holder_factory
-        self._holder: HolderT | None = None
+    def __init__(self, holder_factory: Callable[[SpecT], HolderT]) -> None:
+        self._pool: ModelPool[SpecT, HolderT] = ModelPool(holder_factory)
+        self._config: ConfigT | None = None
         self._metrics: ReplicaMetrics | None = None
         route_logs_to_serve()
 
+    # --- what a deployment says about its config ---------------------------------------------
+
+    def model_specs(self, config: ConfigT) -> dict[str, SpecT]:
+        """The models this config offers, by pool key; a single-model deployment offers itself."""
+        return {SINGLE_MODEL: config}  # type: ignore[dict-item]
+
+    def preloaded(self, config: ConfigT) -> list[str]:
+        """Keys loaded as soon as the config arrives, and never unloaded for being idle."""
+        return [SINGLE_MODEL]
+
+    def pool_bounds(self, config: ConfigT) -> tuple[int, float | None]:
+        """(most models loaded at once, seconds idle before a model is unloaded or None)."""
+        return 1, None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
     @property
-    def holder(self) -> HolderT:
-        if self._holder is None:
-            from core.errors import ModelUnavailable
-
+    def config(self) -> ConfigT:
+        if self._config is None:
             raise ModelUnavailable(f"{type(self).__name__} has no user_config yet, so no model is loaded")
-        return self._holder
+        return self._config
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Validate the new config before touching the model, then load or swap it."""
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Validate the new config before touching any model, then swap, unload and load as it says."""
         try:
-            config = self.config_cls.model_validate(user_config)
+            config: ConfigT = self.config_cls.model_validate(user_config)  # type: ignore[assignment]
         except ValidationError as e:
-            # Raising fails this config update; the current model keeps serving.
+            # Raising fails this config update (and names the bad key); the current models keep serving.
             raise ValueError(f"invalid user_config for {type(self).__name__}: {e}") from e
-        if self._holder is None:
-            self._holder = self._holder_factory(config)  # type: ignore[arg-type]
-            report = None
-        else:
-            report = self._holder.reconfigure(config)
-        self._record(report)
+        specs = self.model_specs(config)
+        self._pool.max_loaded, self._pool.idle_unload_s = self.pool_bounds(config)
+        self._pool.pinned = frozenset(self.preloaded(config))
+        await self._pool.reconfigure(specs)
+        self._config = config
+        for key in self.preloaded(config):
+            await self._pool.load(key, specs[key])
+        self._record()
 
-    def check_health(self) -> None:
-        """Raise so Serve replaces this replica: no model, or memory that did not come back."""
-        if self._holder is None:
-            raise RuntimeError(f"{type(self).__name__} has no model loaded")
-        problem = self._holder.health_problem()
+    async def call(self, key: str, method: str, *args: Any) -> Any:
+        """Run `method` of the holder for `key`, loading it first if this replica does not hold it."""
+        specs = self.model_specs(self.config)
+        if key not in specs:
+            raise ModelUnavailable(f"{type(self).__name__} offers no model {key!r}")
+        try:
+            return await self._pool.call(key, specs[key], method, *args)
+        finally:
+            self._record()
+
+    async def check_health(self) -> None:
+        """Unload idle models; raise so Serve replaces this replica when memory did not come back."""
+        await self._pool.unload_idle()
+        problem = self.health_problem()
+        self._record()
         if problem is not None:
             raise RuntimeError(problem)
-        self._record(None)
+
+    def health_problem(self) -> str | None:
+        if self._config is None:
+            return f"{type(self).__name__} has no user_config yet"
+        missing = [key for key in self.preloaded(self._config) if key not in self._pool.loaded()]
+        if missing:
+            return f"{type(self).__name__} lost its preloaded model(s) {missing}"
+        return self._pool.health_problem(self._config)
 
     def status(self) -> dict[str, Any]:
-        """The model, device, memory now and last teardown report of this replica."""
-        return {**self.holder.status(), **replica_identity()}
+        """Models loaded, recent unloads with their teardown reports, memory now and health."""
+        config = self.config
+        last = self._pool.last_teardown
+        problem = self.health_problem()
+        pool = self._pool.status()
+        single = pool["loaded"].get(SINGLE_MODEL)
+        return {
+            "deployment": type(self).__name__,
+            # The model a single-model deployment holds (None while none is loaded).
+            **({"model": single["model"] if single else None} if self.preloaded(config) == [SINGLE_MODEL] else {}),
+            "device": config.device,
+            "memory_now_bytes": gpu_memory.measure(config.device).primary_bytes,
+            "offered": sorted(self.model_specs(config)),
+            **pool,
+            "last_teardown": last.as_dict() if last else None,
+            "healthy": problem is None,
+            "problem": problem,
+            **replica_identity(),
+        }
 
-    def _record(self, report: TeardownReport | None) -> None:
+    def _record(self) -> None:
+        if self._config is None:
+            return
         try:
             if self._metrics is None:
                 self._metrics = ReplicaMetrics()
-            self._metrics.record(self.holder.status(), report)
+            self._metrics.record(self._pool, self._config.device)
         except Exception:  # metrics must never fail a request or a health check
             logger.debug("could not record replica metrics", exc_info=True)
 
     def __del__(self) -> None:
         # Serve calls __del__ on graceful shutdown (serve shutdown, Ctrl+C on serve run): the
-        # replica's shutdown hook.
-        holder, self._holder = self._holder, None
-        if holder is not None:
-            holder.close()  # logs its teardown report
+        # replica's shutdown hook. Each teardown logs its report.
+        pool = getattr(self, "_pool", None)
+        if pool is not None:
+            pool.close()

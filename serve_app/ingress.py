@@ -123,8 +123,6 @@ async def _parse_form(request: Request, body: bytes, task: str) -> tuple[Transcr
             raise BadRequest("the task follows from the route; do not send a 'task' field", param="task")
         else:
             fields[key] = value
-    if "model" not in fields:
-        raise ValidationFailed("missing model: send model=whisper-1 or an id from GET /v1/models", param="model")
     try:
         parsed = TranscriptionRequest.model_validate(fields)
     except ValidationError as e:
@@ -150,6 +148,11 @@ async def _replica_statuses(handle: Any) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
+def _model_card(model_id: str, **details: Any) -> dict[str, Any]:
+    """OpenAI's model object, with our details (loaded, default, source, alias_of) as extra keys."""
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "transcription-service", **details}
+
+
 @serve.ingress(api)
 class TranscriptionIngress:
     """Routes requests to the model deployments; CPU only, holds nothing heavy."""
@@ -161,16 +164,23 @@ class TranscriptionIngress:
         self._args = AppArgs.model_validate(args)
         self._settings = ServiceSettings()
         self._asr, self._alignment, self._diarization = asr, alignment, diarization
-        self._pipeline = TranscriptionPipeline(asr, alignment, diarization,
-                                               self._args.alignment, put=ray.put,
+        self._pipeline = TranscriptionPipeline(asr, alignment, diarization, put=ray.put,
                                                model_aliases=frozenset(self._args.ingress.model_aliases))
 
     # --- helpers --------------------------------------------------------------------------------
 
-    async def _model_ids(self) -> list[str]:
-        """The ASR model being served now (a reconfigure may swap it) and the configured aliases."""
+    async def _model_cards(self) -> list[dict[str, Any]]:
+        """Every ASR model offered (as deployed now: a reconfigure may change them), whether any replica
+        holds it loaded, and the aliases of the default model."""
+        replicas = await _replica_statuses(self._asr)
+        loaded = {model_id for replica in replicas for model_id in replica.get("loaded", {})}
         described = await self._asr.describe.remote()
-        return [described["model"], *self._args.ingress.model_aliases]
+        cards = [_model_card(m["id"], loaded=m["id"] in loaded, default=m["default"], source=m["source"])
+                 for m in described["models"]]
+        default = described["default_model"]
+        cards += [_model_card(alias, loaded=default in loaded, alias_of=default)
+                  for alias in self._args.ingress.model_aliases]
+        return cards
 
     def _authorize(self, request: Request) -> None:
         key = self._settings.api_key
@@ -226,7 +236,7 @@ class TranscriptionIngress:
 
     @api.get("/v1/models")
     async def models(self) -> dict[str, Any]:
-        return {"object": "list", "data": [self._model_card(m) for m in await self._model_ids()]}
+        return {"object": "list", "data": await self._model_cards()}
 
     @api.get("/v1/models/status")
     async def model_status(self) -> dict[str, Any]:
@@ -245,15 +255,13 @@ class TranscriptionIngress:
 
     @api.get("/v1/models/{model_id:path}")
     async def model(self, model_id: str) -> Response:
-        if model_id not in await self._model_ids():
-            body = error_body(f"no model {model_id!r}", "invalid_request_error", "model", "model_not_found")
+        cards = {card["id"]: card for card in await self._model_cards()}
+        if model_id not in cards:
+            body = error_body(f"no model {model_id!r}; GET /v1/models lists them", "invalid_request_error",
+                              "model", "model_not_found")
             return JSONResponse(body, status_code=404)
-        return JSONResponse(self._model_card(model_id))
+        return JSONResponse(cards[model_id])
 
     @api.get("/health")
     async def health(self) -> dict[str, str]:
         return {"status": "ok"}
-
-    @staticmethod
-    def _model_card(model_id: str) -> dict[str, Any]:
-        return {"id": model_id, "object": "model", "created": 0, "owned_by": "transcription-service"}

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from core.errors import BadRequest, ModelUnavailable
 from core.transcript import AsrOptions, AsrResult, Segment, SpeakerOptions, Transcript, WordSource
-from deployments.alignment import AlignmentConfig
 from serve_app.schemas import TranscriptionRequest
 from serve_app.speakers import assign_speakers, speakers_in_order
 
@@ -32,24 +30,12 @@ class TranscriptionPipeline:
     """Runs one request's audio through the deployments and returns the assembled transcript."""
 
     def __init__(self, asr: Any, alignment: Any | None, diarization: Any | None,
-                 alignment_config: AlignmentConfig, put: Callable[[np.ndarray], Any],
-                 model_aliases: frozenset[str] = frozenset()) -> None:
+                 put: Callable[[np.ndarray], Any], model_aliases: frozenset[str] = frozenset()) -> None:
         self._asr = asr
         self._alignment = alignment
         self._diarization = diarization
-        self._alignment_config = alignment_config
         self._put = put
         self._model_aliases = model_aliases
-
-    def _alignment_covers(self, language: str | None, request: TranscriptionRequest) -> bool:
-        """Whether an alignment model will likely produce the words (a hint; failures fall back)."""
-        if not request.align or self._alignment is None or request.task == "translate":
-            # Translated text cannot be aligned to the source-language audio by a CTC model.
-            return False
-        config = self._alignment_config
-        if language is None:  # detected later: worth trying if any language has a model
-            return bool(config.models) or config.use_whisperx_defaults
-        return config.model_for(language) is not None
 
     async def run(self, samples: np.ndarray, request: TranscriptionRequest) -> Transcript:
         if request.diarize and self._diarization is None:
@@ -64,16 +50,17 @@ class TranscriptionPipeline:
                 max_speakers=request.max_speakers))
         asr_options = AsrOptions(
             task=request.task, language=request.language, prompt=request.prompt,
-            model=None if request.model in self._model_aliases else request.model,
+            model=None if request.model is None or request.model in self._model_aliases else request.model,
             temperature=request.temperature,
-            # Ask Whisper for words in the same pass when no alignment model will supply them.
-            word_timestamps=request.needs_words and not self._alignment_covers(request.language, request),
+            # Whisper's own word times come from the same decode as the text, so asking for words
+            # never changes the text; an alignment model, where one covers the language, refines them.
+            word_timestamps=request.needs_words,
         )
         try:
             asr_result: AsrResult = await self._asr.transcribe.remote(audio, asr_options)
             segments, word_source = list(asr_result.segments), asr_result.word_source
-            if request.needs_words and word_source is None and segments:
-                segments, word_source = await self._words(audio, asr_result, asr_options, request)
+            if request.needs_words and segments and self._wants_alignment(request):
+                segments, word_source = await self._aligned(audio, asr_result)
             turns = await turns_response if turns_response is not None else []
         except BaseException:
             if turns_response is not None:
@@ -85,20 +72,21 @@ class TranscriptionPipeline:
                           segments=segments, word_source=word_source if request.needs_words else None,
                           speakers=speakers_in_order(segments))
 
-    async def _words(self, audio: Any, asr_result: AsrResult, asr_options: AsrOptions,
-                     request: TranscriptionRequest) -> tuple[list[Segment], WordSource]:
-        """Word timings from the alignment deployment, or from Whisper where it has no model."""
-        language = asr_result.language
-        if self._alignment is not None and self._alignment_covers(language, request):
-            try:
-                aligned = await self._alignment.options(multiplexed_model_id=language).align.remote(
-                    audio, list(asr_result.segments))
-                return list(aligned), "alignment"
-            except Exception as e:  # narrowed just below, once Ray's wrapper is unwrapped
-                cause = unwrap_remote_error(e)
-                if not isinstance(cause, ModelUnavailable):
-                    raise
-                logger.warning("no alignment for %s (%s); using Whisper's word timings", language, cause)
-        redo: AsrResult = await self._asr.transcribe.remote(
-            audio, replace(asr_options, language=language, word_timestamps=True))
-        return list(redo.segments), "whisper"
+    def _wants_alignment(self, request: TranscriptionRequest) -> bool:
+        # Translated text cannot be aligned to the source-language audio by a CTC model.
+        return request.align and self._alignment is not None and request.task == "transcribe"
+
+    async def _aligned(self, audio: Any, asr_result: AsrResult) -> tuple[list[Segment], WordSource | None]:
+        """Segments with wav2vec2 word times where the alignment deployment has a model for the
+        language (it alone decides, from its deployed config); Whisper's own word times otherwise."""
+        whisper = list(asr_result.segments), asr_result.word_source
+        assert self._alignment is not None  # _wants_alignment checked it
+        try:
+            aligned = await self._alignment.align.remote(audio, whisper[0], asr_result.language)
+        except Exception as e:  # narrowed just below, once Ray's wrapper is unwrapped
+            cause = unwrap_remote_error(e)
+            if not isinstance(cause, ModelUnavailable):
+                raise
+            logger.warning("no alignment for %s (%s); using Whisper's word timings", asr_result.language, cause)
+            return whisper
+        return whisper if aligned is None else (list(aligned), "alignment")

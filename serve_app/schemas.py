@@ -22,7 +22,8 @@ class TranscriptionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task: Task = "transcribe"
-    model: str = Field(description="a model id from GET /v1/models (whisper-1 is accepted as an alias)")
+    model: str | None = Field(None, description="a model id from GET /v1/models; absent or an alias such as "
+                              "whisper-1: the server's default model")
     language: str | None = Field(None, description="ISO 639-1 code of the spoken language; detected if absent")
     prompt: str | None = Field(None, max_length=2000, description="text to condition the decoder on")
     response_format: ResponseFormat = "json"

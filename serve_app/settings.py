@@ -12,9 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deployments.alignment import AlignmentConfig
-from deployments.asr import AsrConfig
+from deployments.asr import AsrDeploymentConfig
 from deployments.diarization import DiarizationConfig
-from serve_app.formats import SubtitleOptions
+from serve_app.subtitles import SubtitleOptions
 
 
 class IngressConfig(BaseModel):
@@ -37,7 +37,7 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ingress: IngressConfig = Field(default_factory=IngressConfig)
-    asr: AsrConfig = Field(default_factory=AsrConfig)
+    asr: AsrDeploymentConfig = Field(default_factory=AsrDeploymentConfig)
     alignment: AlignmentConfig = Field(default_factory=AlignmentConfig)
     diarization: DiarizationConfig = Field(default_factory=DiarizationConfig)
     diarization_enabled: bool = Field(True, description="deploy the diarization deployment at all")

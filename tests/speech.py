@@ -8,6 +8,9 @@ Audio out is always mono float32 at 16 kHz in [-1, 1].
 
 - :func:`synthesize` speaks a text in one voice; :class:`VoiceSpec` names a voice with its parameters.
 - :func:`conversation` strings lines of several voices together and returns exact :class:`Turn` s.
+- :func:`synthesize_words` is :func:`synthesize` plus each word's true start (:class:`TimedWord`), from
+  espeak-ng's own word events; :func:`passage` strings sentences of one voice together with set pauses and
+  keeps the word starts exact.
 - :data:`PARAGRAPH`, :data:`CONVERSATION`, :data:`DISTINCT_VOICES`, :data:`CLEAR_VOICE`: fixed material;
   :func:`sample_paragraph` and :func:`sample_conversation` make it once per process.
 - :func:`to_wav_bytes` for upload tests, :func:`word_error_rate` to score transcripts.
@@ -49,6 +52,29 @@ _ESPEAK_RANGE = 4
 _POS_CHARACTER = 1
 # espeak_Synth flags
 _ESPEAK_CHARS_UTF8 = 1
+# espeak_EVENT_TYPE
+_EVENT_LIST_TERMINATED = 0
+_EVENT_WORD = 1
+
+
+class _EventId(ctypes.Union):
+    _fields_ = [("number", ctypes.c_int), ("name", ctypes.c_char_p), ("string", ctypes.c_char * 8)]
+
+
+class _Event(ctypes.Structure):
+    """espeak_EVENT (speak_lib.h)."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),  # 1-based, in characters of the text (not bytes, even as UTF-8)
+        ("length", ctypes.c_int),  # characters
+        ("audio_position", ctypes.c_int),  # ms, truncated
+        ("sample", ctypes.c_int),  # the same position in output samples from the start of the text: exact
+        ("user_data", ctypes.c_void_p),
+        ("id", _EventId),
+    ]
+
 
 _SYNTH_CALLBACK = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
@@ -57,11 +83,19 @@ _SYNTH_CALLBACK = ctypes.CFUNCTYPE(
 _lock = threading.Lock()
 _libc = ctypes.CDLL(None)
 _chunks: list[np.ndarray] = []
+_word_events: list[tuple[int, int, int]] = []  # (sample, text_position, length) of each espeakEVENT_WORD
 
 
-def _on_samples(wav, numsamples, _events):  # called by espeak-ng inside espeak_Synth, under _lock
+def _on_samples(wav, numsamples, events):  # called by espeak-ng inside espeak_Synth, under _lock
     if wav and numsamples > 0:
         _chunks.append(np.ctypeslib.as_array(wav, shape=(numsamples,)).copy())
+    if events:  # the events up to the end of this chunk, terminated by espeakEVENT_LIST_TERMINATED
+        event = ctypes.cast(events, ctypes.POINTER(_Event))
+        i = 0
+        while event[i].type != _EVENT_LIST_TERMINATED:
+            if event[i].type == _EVENT_WORD:
+                _word_events.append((event[i].sample, event[i].text_position, event[i].length))
+            i += 1
     return 0  # 0: go on synthesising
 
 
@@ -133,6 +167,16 @@ def synthesize_native(
     text: str, voice: str = "en-us", *, rate_wpm: int = 160, pitch: int = 50, pitch_range: int = 50
 ) -> tuple[np.ndarray, int]:
     """espeak-ng's own output: int16 samples and their rate (22,050 Hz)."""
+    samples, rate, _ = _synthesize_native_events(
+        text, voice, rate_wpm=rate_wpm, pitch=pitch, pitch_range=pitch_range
+    )
+    return samples, rate
+
+
+def _synthesize_native_events(
+    text: str, voice: str, *, rate_wpm: int, pitch: int, pitch_range: int
+) -> tuple[np.ndarray, int, list[tuple[int, int, int]]]:
+    """:func:`synthesize_native` and its word events: (sample, text_position, length) in text order."""
     if not text.strip():
         raise ValueError("empty text")
     data = text.encode("utf-8") + b"\0"
@@ -143,6 +187,7 @@ def synthesize_native(
         _check(lib.espeak_SetParameter(_ESPEAK_PITCH, int(pitch), 0), "espeak_SetParameter(pitch)")
         _check(lib.espeak_SetParameter(_ESPEAK_RANGE, int(pitch_range), 0), "espeak_SetParameter(range)")
         _chunks.clear()
+        _word_events.clear()
         _libc.srand(_seed(text, voice, rate_wpm, pitch, pitch_range))
         try:
             _check(
@@ -151,9 +196,11 @@ def synthesize_native(
             )
             _check(lib.espeak_Synchronize(), "espeak_Synchronize")
             samples = np.concatenate(_chunks) if _chunks else np.zeros(0, np.int16)
+            events = list(_word_events)
         finally:
             _chunks.clear()
-        return samples.astype(np.int16, copy=False), rate
+            _word_events.clear()
+        return samples.astype(np.int16, copy=False), rate, events
 
 
 @lru_cache(maxsize=8)
@@ -203,6 +250,103 @@ def synthesize(
     native, rate = synthesize_native(text, voice, rate_wpm=rate_wpm, pitch=pitch, pitch_range=pitch_range)
     out = resample(native.astype(np.float32) / 32768.0, rate, SAMPLE_RATE)
     return np.clip(out, -1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class TimedWord:
+    """One word of a synthesised text and where espeak-ng starts speaking it, in seconds into the audio."""
+
+    text: str  # the word as written, punctuation at its edges dropped ("Well-known", "won't")
+    start_s: float
+
+
+_TOKEN = re.compile(r"\S+")
+_EDGE_PUNCT = re.compile(r"^[^\w]+|[^\w]+$")
+
+
+def _words_from_events(text: str, events: Sequence[tuple[int, int, int]], rate: int) -> list[TimedWord]:
+    """One :class:`TimedWord` per whitespace-separated word of ``text`` that espeak-ng gave an event for.
+
+    espeak-ng's events are not one per written word: "Well-known" gets one event (for "Well", length 4, and
+    none for "known"), "won't" one of length 3, a number one per spoken part ("1990": "nineteen", "ninety"),
+    "$5" two. So each event is mapped to the written word its text_position falls in, and a word's start is
+    its first event. An event marks where the word's first phoneme begins: after any pause before the word
+    (a sentence's end, a comma), and at the start of the closure of a word-initial stop ("to", "bread"), the
+    silence before the burst counted as part of the word, as in hand-labelled corpora.
+    """
+    tokens = [(m.start(), m.end(), _EDGE_PUNCT.sub("", m.group())) for m in _TOKEN.finditer(text)]
+    words: list[TimedWord] = []
+    token_ix, last = 0, -1
+    for sample, position, _length in events:
+        char = position - 1  # text_position counts characters from 1
+        while token_ix < len(tokens) and tokens[token_ix][1] <= char:
+            token_ix += 1
+        if token_ix == len(tokens):
+            break
+        start, _, word = tokens[token_ix]
+        if char < start or token_ix == last or not word:
+            continue  # between words, or a further event inside a word already placed
+        words.append(TimedWord(word, sample / rate))
+        last = token_ix
+    return words
+
+
+def synthesize_words(
+    text: str, voice: str = "en-us", *, rate_wpm: int = 160, pitch: int = 50, pitch_range: int = 50
+) -> tuple[np.ndarray, list[TimedWord]]:
+    """:func:`synthesize` (the same samples) and the true start of each word in them.
+
+    Starts come from espeak-ng's word events, exact to the native sample (1/22,050 s): the resampling to
+    16 kHz keeps time (the filter is symmetric about each output sample), so a native sample ``n`` sits at
+    ``n / 22050`` seconds in the 16 kHz audio too. See :func:`_words_from_events` for what a word is.
+    """
+    native, rate, events = _synthesize_native_events(
+        text, voice, rate_wpm=rate_wpm, pitch=pitch, pitch_range=pitch_range
+    )
+    out = np.clip(resample(native.astype(np.float32) / 32768.0, rate, SAMPLE_RATE), -1.0, 1.0)
+    return out, _words_from_events(text, events, rate)
+
+
+def passage(
+    sentences: Sequence[str],
+    voice: VoiceSpec | str = "en-us",
+    pauses_s: float | Sequence[float] = 1.0,
+    *,
+    lead_s: float = 0.3,
+) -> tuple[np.ndarray, list[TimedWord]]:
+    """Speak ``sentences`` one after another in one voice, with ``pauses_s`` of silence between them (one
+    value, or one per gap), and ``lead_s`` before the first and after the last.
+
+    Like :func:`conversation`, each sentence is synthesised on its own and trimmed to its voiced region
+    (:func:`voiced_bounds`) before it is placed, so a pause is exactly that much silence between the end of
+    one sentence's speech and the start of the next. Word starts are shifted to match; a first word whose
+    espeak-ng start falls in the trimmed lead-in (the closure of an initial stop, as in "Good") starts where
+    the sentence's audio does.
+    """
+    spec = VoiceSpec(voice) if isinstance(voice, str) else voice
+    gaps = [float(pauses_s)] * max(0, len(sentences) - 1) if isinstance(pauses_s, int | float) else list(pauses_s)
+    if len(gaps) != max(0, len(sentences) - 1):
+        raise ValueError(f"{len(sentences)} sentences need {max(0, len(sentences) - 1)} pauses, not {len(gaps)}")
+    lead = np.zeros(round(lead_s * SAMPLE_RATE), np.float32)
+    pieces: list[np.ndarray] = [lead]
+    words: list[TimedWord] = []
+    pos = lead.size
+    for i, sentence in enumerate(sentences):
+        audio, sentence_words = synthesize_words(
+            sentence, spec.name, rate_wpm=spec.rate_wpm, pitch=spec.pitch, pitch_range=spec.pitch_range
+        )
+        start, end = voiced_bounds(audio)
+        if i:
+            gap = np.zeros(round(gaps[i - 1] * SAMPLE_RATE), np.float32)
+            pieces.append(gap)
+            pos += gap.size
+        pieces.append(audio[start:end])
+        for word in sentence_words:
+            offset = min(max(word.start_s * SAMPLE_RATE, start), end) - start
+            words.append(TimedWord(word.text, (pos + offset) / SAMPLE_RATE))
+        pos += end - start
+    pieces.append(lead)
+    return np.concatenate(pieces), words
 
 
 @dataclass(frozen=True)

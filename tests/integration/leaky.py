@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from deployments.holder import DeviceConfig, ModelHolder
-from deployments.replica import HolderReplica
+from deployments.replica import ModelReplica
 
 MIB = 1024 * 1024
 _KEPT: list[np.ndarray] = []
@@ -24,7 +24,7 @@ class LeakyHolder(ModelHolder[LeakyConfig, np.ndarray]):
         _KEPT.append(model)  # the bug under test: a reference survives the teardown
 
 
-class LeakyDeployment(HolderReplica[LeakyConfig, LeakyHolder]):
+class LeakyDeployment(ModelReplica[LeakyConfig, LeakyConfig, LeakyHolder]):
     config_cls = LeakyConfig
 
     def __init__(self) -> None:

@@ -105,8 +105,10 @@ def test_a_truncated_upload_is_transcribed_as_far_as_it_goes_and_says_so(client)
 
 def test_models_and_health(client):
     models = client.get("/v1/models").json()
-    ids = [m["id"] for m in models["data"]]
-    assert models["object"] == "list" and "whisper-1" in ids and "bundled/tiny.en" in ids
+    cards = {m["id"]: m for m in models["data"]}
+    assert models["object"] == "list" and set(cards) == {"tiny.en", "base", "whisper-1"}
+    assert cards["tiny.en"]["default"] and cards["tiny.en"]["loaded"], "the default model loads at start-up"
+    assert cards["whisper-1"]["alias_of"] == "tiny.en"
     assert client.get("/v1/models/whisper-1").json()["id"] == "whisper-1"
     assert client.get("/v1/models/nope").status_code == 404
     assert client.get("/health").json() == {"status": "ok"}
@@ -115,9 +117,10 @@ def test_models_and_health(client):
 def test_model_status_reports_each_deployment_and_replica(client):
     status = client.get("/v1/models/status").json()["deployments"]
     [asr] = status["asr"]["replicas"]
-    assert asr["model"] == "bundled/tiny.en" and asr["loaded"] and asr["healthy"]
+    assert asr["offered"] == ["base", "tiny.en"] and "tiny.en" in asr["loaded"] and asr["healthy"]
+    assert asr["loaded"]["tiny.en"]["model"] == "bundled/tiny.en" and asr["loaded"]["tiny.en"]["pinned"]
     assert asr["device"] == "cpu" and asr["memory_now_bytes"] > 0 and asr["replica"]
     [diarization] = status["diarization"]["replicas"]
-    assert diarization["model"] == "embedded" and diarization["loaded"]
+    assert diarization["model"] == "embedded" and diarization["healthy"]
     [alignment] = status["alignment"]["replicas"]
-    assert alignment["languages_loaded"] == {} and alignment["languages_configured"] == []
+    assert alignment["loaded"] == {} and alignment["offered"] == []

@@ -16,15 +16,10 @@ import pytest
 from core.audio import SAMPLE_RATE_HZ
 from core.errors import ModelUnavailable
 from core.transcript import Segment, Word
-from deployments.alignment import (
-    AlignmentConfig,
-    AlignmentModelHolder,
-    AlignmentModelSpec,
-    ensure_punkt_tab,
-    fill_word_times,
-    whisperx_default_models,
-)
+from deployments.alignment import AlignmentConfig, AlignmentModelHolder, AlignmentModelSpec, whisperx_default_models
 from deployments.gpu_memory import TeardownReport
+from deployments.nltk_data import ensure_punkt_tab
+from deployments.word_times import fill_word_times
 from tests.models.tiny_wav2vec2 import build_tiny_wav2vec2
 
 pytestmark = pytest.mark.models
@@ -157,18 +152,17 @@ def test_unloadable_model_is_unavailable(tmp_path):
         AlignmentModelHolder(offline_hub)
 
 
-def test_model_for_language():
+def test_languages_come_from_the_config():
     config = AlignmentConfig(models={"EN": "/models/en", "de": "org/german-wav2vec2"})
-    assert config.model_for("en") == "/models/en"
-    assert config.model_for("De") == "org/german-wav2vec2"
-    assert config.model_for("fr") is None
-    assert config.spec_for("fr") is None
+    assert config.languages() == {"en": "/models/en", "de": "org/german-wav2vec2"}
+    spec = config.spec_for("de", config.languages()["de"])
+    assert (spec.language, spec.model, spec.device) == ("de", "org/german-wav2vec2", "cpu")
 
-    with_defaults = config.model_copy(update={"use_whisperx_defaults": True})
-    assert with_defaults.model_for("en") == "/models/en"  # configured models win
-    assert with_defaults.model_for("fr") == "VOXPOPULI_ASR_BASE_10K_FR"
-    assert with_defaults.model_for("ja") == "jonatasgrosman/wav2vec2-large-xlsr-53-japanese"
-    assert with_defaults.model_for("xx") is None
+    with_defaults = config.model_copy(update={"use_whisperx_defaults": True}).languages()
+    assert with_defaults["en"] == "/models/en"  # configured models win
+    assert with_defaults["fr"] == "VOXPOPULI_ASR_BASE_10K_FR"
+    assert with_defaults["ja"] == "jonatasgrosman/wav2vec2-large-xlsr-53-japanese"
+    assert "xx" not in with_defaults
 
 
 def test_default_models_match_whisperx():

@@ -1,7 +1,8 @@
 """k8s/rayservice.yaml: accepted by the RayService CRD, in step with serve_config.yaml, no secrets in it,
 no telemetry out of the pods, and Ray's dashboard never exposed.
 
-The CRD is KubeRay's published `ray.io_rayservices.yaml` (see /work/shared/k8s-schemas/README.md). Its v1
+The CRD is KubeRay's published `ray.io_rayservices.yaml`, vendored in k8s/schemas/ (source, commit and licence
+in its README.md and LICENSE), so this check never skips. Its v1
 `openAPIV3Schema` is the schema the API server applies, so a manifest that validates here is one the cluster
 accepts, field names and types included. `kubectl apply` rejects unknown fields by default (strict field
 validation), so unknown fields are errors here too.
@@ -12,7 +13,6 @@ from __future__ import annotations
 import copy
 import difflib
 import json
-import os
 import re
 from collections.abc import Iterator
 from importlib.metadata import version
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "k8s" / "rayservice.yaml"
 SECRET_EXAMPLE = REPO / "k8s" / "secret.example.yaml"
 SERVE_CONFIG = REPO / "serve_config.yaml"
-CRD_NAME = "ray.io_rayservices.yaml"
+CRD = REPO / "k8s" / "schemas" / "ray.io_rayservices.yaml"
 
 SECRET_NAME = "transcription-secrets"
 # env var -> (key in the Secret, may the key be missing)
@@ -40,15 +40,6 @@ _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 # --- loading ------------------------------------------------------------------------------------------
-
-
-def _crd_path() -> Path | None:
-    candidates = [
-        os.environ.get("RAYSERVICE_CRD"),
-        REPO / "shared" / "k8s-schemas" / CRD_NAME,
-        REPO.parent / "shared" / "k8s-schemas" / CRD_NAME,
-    ]
-    return next((Path(c) for c in candidates if c and Path(c).is_file()), None)
 
 
 def _to_json_schema(node: dict[str, Any]) -> dict[str, Any]:
@@ -83,10 +74,9 @@ def _to_json_schema(node: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def validator() -> Draft7Validator:
-    path = _crd_path()
-    if path is None:
-        pytest.skip(f"{CRD_NAME} not found (set RAYSERVICE_CRD=/path/to/{CRD_NAME})")
-    crd = yaml.load(path.read_text(), Loader=_Loader)
+    # A failure, not a skip: without the CRD nothing here says the cluster would accept the manifest.
+    assert CRD.is_file(), f"{CRD.relative_to(REPO)} is missing: restore it (see k8s/schemas/README.md)"
+    crd = yaml.load(CRD.read_text(), Loader=_Loader)
     assert crd["kind"] == "CustomResourceDefinition" and crd["spec"]["names"]["kind"] == "RayService"
     (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
     schema = _to_json_schema(v1["schema"]["openAPIV3Schema"])

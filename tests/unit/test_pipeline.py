@@ -7,7 +7,6 @@ import pytest
 
 from core.errors import BadRequest, ModelUnavailable
 from core.transcript import AsrResult, Segment, SpeakerTurn, Word
-from deployments.alignment import AlignmentConfig
 from serve_app.pipeline import TranscriptionPipeline
 from serve_app.schemas import TranscriptionRequest
 from tests.unit.fakes import FakeHandle
@@ -27,18 +26,23 @@ def asr_fn(audio, options):
     return AsrResult(language=options.language or "en", segments=SEGMENTS, duration_s=4.0)
 
 
-def aligned_fn(audio, segments, multiplexed_model_id=None):
-    assert multiplexed_model_id == "en", "alignment is routed by language"
-    return [s.with_words(w.words) for s, w in zip(segments, WORDS, strict=True)]
+ALIGNED = tuple(s.with_words(tuple(Word(w.text, w.start_s + 0.01, w.end_s) for w in s.words)) for s in WORDS)
 
 
-def make(alignment_models=None, *, alignment_fn=aligned_fn, diarization=True):
+def make(alignment_models=None, *, alignment_fn=None, diarization=True):
+    """A pipeline over fake handles; the fake alignment deployment covers `alignment_models`' languages
+    (it alone decides, as the real one does from its deployed config)."""
+    covered = set(alignment_models or {})
+
+    def align(audio, segments, language):
+        assert all(s.words for s in segments), "Whisper's words arrive with the segments"
+        return list(ALIGNED) if language in covered else None
+
     log: list[str] = []
     asr = FakeHandle(log, transcribe=asr_fn)
-    alignment = FakeHandle(log, align=alignment_fn)
+    alignment = FakeHandle(log, align=alignment_fn or align)
     diar = FakeHandle(log, diarize=lambda audio, options: TURNS) if diarization else None
-    config = AlignmentConfig(models=alignment_models or {})
-    pipeline = TranscriptionPipeline(asr, alignment, diar, config, put=lambda samples: ("ref", id(samples)))
+    pipeline = TranscriptionPipeline(asr, alignment, diar, put=lambda samples: ("ref", id(samples)))
     return pipeline, asr, alignment, diar, log
 
 
@@ -73,34 +77,36 @@ async def test_words_come_from_alignment_when_a_model_covers_the_language():
     pipeline, asr, alignment, _, _ = make({"en": "some/model"})
     transcript = await pipeline.run(AUDIO, request(language="en", response_format="verbose_json",
                                                    timestamp_granularities=["word"]))
-    assert asr.calls[0][1][1].word_timestamps is False
-    assert alignment.calls[0][2] == {"multiplexed_model_id": "en"}
+    assert asr.calls[0][1][1].word_timestamps is True, "Whisper's words come from the one decode"
+    assert alignment.calls[0][1][2] == "en", "alignment is asked in the detected language"
     assert transcript.word_source == "alignment"
     assert [w.text for w in transcript.words] == ["hello", "there", "general", "kenobi"]
+    assert transcript.words[0].start_s == pytest.approx(0.01), "the alignment deployment's times are used"
+    assert len(asr.calls) == 1
 
 
 async def test_words_come_from_whisper_in_one_pass_when_no_model_covers_the_language():
     pipeline, asr, alignment, _, _ = make({})
     transcript = await pipeline.run(AUDIO, request(language="en", response_format="srt"))
     assert len(asr.calls) == 1 and asr.calls[0][1][1].word_timestamps is True
-    assert alignment.calls == []
+    assert len(alignment.calls) == 1, "the alignment deployment, not the ingress, says what it covers"
     assert transcript.word_source == "whisper"
+    assert transcript.words[0].start_s == 0.0
 
 
 async def test_unloadable_alignment_model_falls_back_to_whisper_words():
-    def unavailable(audio, segments, multiplexed_model_id=None):
+    def unavailable(audio, segments, language):
         raise ModelUnavailable("cannot load")
 
     pipeline, asr, alignment, _, _ = make({"en": "some/model"}, alignment_fn=unavailable)
     transcript = await pipeline.run(AUDIO, request(language="en", response_format="srt"))
     assert len(alignment.calls) == 1
-    assert [c[1][1].word_timestamps for c in asr.calls] == [False, True]
-    assert asr.calls[1][1][1].language == "en", "the second pass keeps the detected language"
+    assert len(asr.calls) == 1, "no second recognition pass: Whisper's words came with the text"
     assert transcript.word_source == "whisper" and len(transcript.words) == 4
 
 
 async def test_other_alignment_errors_are_not_swallowed():
-    def broken(audio, segments, multiplexed_model_id=None):
+    def broken(audio, segments, language):
         raise RuntimeError("bug")
 
     pipeline, *_ = make({"en": "some/model"}, alignment_fn=broken)
@@ -151,7 +157,7 @@ async def test_asr_failure_cancels_diarization():
 
     asr = FakeHandle(log, transcribe=failing)
     diar = FakeHandle(log, diarize=lambda audio, options: TURNS)
-    pipeline = TranscriptionPipeline(asr, None, diar, AlignmentConfig(), put=lambda s: s)
+    pipeline = TranscriptionPipeline(asr, None, diar, put=lambda s: s)
     with pytest.raises(ModelUnavailable):
         await pipeline.run(AUDIO, request(diarize=True))
     assert diar.responses[0].cancelled
@@ -160,8 +166,16 @@ async def test_asr_failure_cancels_diarization():
 async def test_aliases_are_not_sent_to_asr_but_real_model_ids_are():
     log: list[str] = []
     asr = FakeHandle(log, transcribe=asr_fn)
-    pipeline = TranscriptionPipeline(asr, None, None, AlignmentConfig(), put=lambda s: s,
+    pipeline = TranscriptionPipeline(asr, None, None, put=lambda s: s,
                                      model_aliases=frozenset({"whisper-1"}))
     await pipeline.run(AUDIO, request())
-    await pipeline.run(AUDIO, request(model="bundled/base"))
-    assert [c[1][1].model for c in asr.calls] == [None, "bundled/base"]
+    await pipeline.run(AUDIO, request(model="base"))
+    await pipeline.run(AUDIO, TranscriptionRequest.model_validate({}))
+    assert [c[1][1].model for c in asr.calls] == [None, "base", None]
+
+
+async def test_the_text_does_not_depend_on_the_response_format():
+    pipeline, *_ = make({"en": "some/model"})
+    texts = {fmt: (await pipeline.run(AUDIO, request(response_format=fmt))).text
+             for fmt in ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")}
+    assert set(texts.values()) == {"hello there general kenobi"}, texts

@@ -146,3 +146,76 @@ def test_an_utterance_does_not_depend_on_what_ran_before():
     again = [v.synthesize(text) for v in reversed(voices)][::-1]
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+TWO_SENTENCES = "We walked to the market early this morning. My sister bought fresh bread and apples."
+
+
+def test_synthesize_words_gives_the_same_audio_and_one_start_per_word():
+    audio, words = speech.synthesize_words(TWO_SENTENCES, "en-us+klatt")
+    np.testing.assert_array_equal(audio, speech.synthesize(TWO_SENTENCES, "en-us+klatt"))
+    assert [w.text for w in words] == TWO_SENTENCES.replace(".", "").split()
+    starts = [w.start_s for w in words]
+    assert starts[0] >= 0.0 and all(a < b for a, b in itertools.pairwise(starts))
+    assert starts[-1] < audio.size / speech.SAMPLE_RATE - 0.1  # "apples" takes time to say
+    # Words are 0.1-0.7 s apart at 160 words per minute, beyond a sentence's end.
+    gaps = np.diff(starts)
+    assert 0.05 < np.median(gaps) < 0.6
+
+
+def test_word_starts_are_where_speech_resumes_after_a_pause():
+    # espeak-ng pauses after "morning."; "My" must start where sound comes back, not where the pause starts.
+    audio, words = speech.synthesize_words(TWO_SENTENCES)
+    sr, frame = speech.SAMPLE_RATE, speech.SAMPLE_RATE // 200  # 5 ms
+    my = next(w for w in words if w.text == "My")
+    n = audio.size // frame
+    loud = np.sqrt(np.mean(np.square(audio[: n * frame].reshape(n, frame)), axis=1)) > 1e-3
+    before = round(my.start_s * sr) // frame
+    silent = np.flatnonzero(~loud[:before])
+    assert silent.size and before - silent[-1] <= 4  # the pause ends within 20 ms of "My"
+    assert np.all(~loud[before - 30 : before - 4])  # at least 130 ms of pause right before it
+    assert loud[before : before + 10].mean() > 0.8  # and speech right after it
+
+
+def test_word_texts_follow_the_written_words():
+    # espeak-ng gives "Well-known" one event and "1990" two, and cuts "won't" to "won": one word each here.
+    text = "The café served well-known dishes in 1990, but Dr. Smith won't go."
+    audio, words = speech.synthesize_words(text)
+    assert [w.text for w in words] == ["The", "café", "served", "well-known", "dishes", "in", "1990", "but",
+                                       "Dr", "Smith", "won't", "go"]
+    assert all(a.start_s < b.start_s for a, b in itertools.pairwise(words))
+    assert words[-1].start_s < audio.size / speech.SAMPLE_RATE
+
+
+def test_passage_places_pauses_and_shifts_word_starts_exactly():
+    sentences = ["Good morning to you.", "The river is calm today.", "Then we sat down."]
+    short, short_words = speech.passage(sentences, "en-us", [1.0, 1.0])
+    long, long_words = speech.passage(sentences, "en-us", [1.0, 2.5])
+    sr = speech.SAMPLE_RATE
+    assert long.size - short.size == round(1.5 * sr)
+    assert [w.text for w in long_words] == " ".join(sentences).replace(".", "").split()
+    third = len(sentences[0].split()) + len(sentences[1].split())
+    for a, b in zip(short_words[:third], long_words[:third], strict=True):
+        assert a.start_s == b.start_s
+    for a, b in zip(short_words[third:], long_words[third:], strict=True):
+        assert b.start_s - a.start_s == pytest.approx(1.5, abs=1e-9)
+    starts = [w.start_s for w in long_words]
+    assert all(a < b for a, b in itertools.pairwise(starts))
+    assert starts[0] == pytest.approx(0.3, abs=0.05) and starts[-1] < long.size / sr - 0.3
+    # The 2.5 s pause is silence, and "Then" starts right at its end.
+    then = round(starts[third] * sr)
+    assert not np.any(long[then - round(2.5 * sr) + 1 : then - sr // 50])
+    assert starts[third] - starts[third - 1] > 2.5
+    with pytest.raises(ValueError):
+        speech.passage(sentences, "en-us", [1.0])
+
+
+def test_passage_sentence_audio_is_each_sentence_trimmed():
+    sentences = ["Thank you very much.", "See you soon."]
+    audio, _ = speech.passage(sentences, speech.CLEAR_VOICE, 0.7, lead_s=0.2)
+    parts = [speech.trim_silence(speech.CLEAR_VOICE.synthesize(s)) for s in sentences]
+    sr = speech.SAMPLE_RATE
+    expected = np.concatenate([np.zeros(round(0.2 * sr), np.float32), parts[0],
+                               np.zeros(round(0.7 * sr), np.float32), parts[1],
+                               np.zeros(round(0.2 * sr), np.float32)])
+    np.testing.assert_array_equal(audio, expected)
