@@ -192,8 +192,9 @@ class AsrDeployment(ModelReplica[AsrDeploymentConfig, AsrConfig, AsrHolder]):
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         await super().reconfigure(user_config)
-        described = await self.call(self.config.default_model, "describe")
-        self._default_multilingual = described["multilingual"]
+        if self.config.default_model in self._pool.loaded():  # not reloaded if it was evicted since
+            described = await self.call(self.config.default_model, "describe")
+            self._default_multilingual = described["multilingual"]
 
     def _model_for(self, options: AsrOptions) -> str:
         """The model id a request runs on: the one it names, else the default (or, for a translation

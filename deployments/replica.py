@@ -137,9 +137,13 @@ class ModelReplica(Generic[ConfigT, SpecT, HolderT]):
         self._pool.max_loaded, self._pool.idle_unload_s = self.pool_bounds(config)
         self._pool.pinned = frozenset(self.preloaded(config))
         await self._pool.reconfigure(specs)
+        # Preload at start-up and when the preloaded set changes (a new default model); otherwise a
+        # config change would reload a default that was evicted to make room for others.
+        before = set(self.preloaded(self._config)) if self._config is not None else set()
         self._config = config
         for key in self.preloaded(config):
-            await self._pool.load(key, specs[key])
+            if key not in before:
+                await self._pool.load(key, specs[key])
         self._record()
 
     async def call(self, key: str, method: str, *args: Any) -> Any:
@@ -163,9 +167,7 @@ class ModelReplica(Generic[ConfigT, SpecT, HolderT]):
     def health_problem(self) -> str | None:
         if self._config is None:
             return f"{type(self).__name__} has no user_config yet"
-        missing = [key for key in self.preloaded(self._config) if key not in self._pool.loaded()]
-        if missing:
-            return f"{type(self).__name__} lost its preloaded model(s) {missing}"
+        # A preloaded model that was evicted is not a problem: it loads again on its next request.
         return self._pool.health_problem(self._config)
 
     def status(self) -> dict[str, Any]:

@@ -54,6 +54,16 @@ def paragraph_wav() -> bytes:
     return speech.to_wav_bytes(paragraph()[0])
 
 
+GERMAN = ("Guten Morgen. Heute ist das Wetter sehr schön, und wir gehen in den Park. Am Nachmittag trinken "
+          "wir Kaffee mit unseren Freunden.")
+
+
+@functools.cache
+def german_wav() -> bytes:
+    """Synthetic German speech (espeak-ng's de voice), for the multilingual model and translation."""
+    return speech.to_wav_bytes(speech.synthesize(GERMAN, "de"))
+
+
 @functools.cache
 def conversation() -> tuple[np.ndarray, list[speech.Turn]]:
     """Three distinct synthetic voices taking turns, with exact turn times."""

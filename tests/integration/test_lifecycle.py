@@ -8,15 +8,17 @@ from collections import Counter
 
 import pytest
 
-from deployments.asr import AsrConfig
+from deployments.asr import AsrDeploymentConfig
 from tests import speech
 from tests.integration.conftest import ROOT, paragraph, paragraph_wav, transcribe
 
 pytestmark = pytest.mark.serve
 
 
-def serving_model(client) -> str:
-    return client.get("/v1/models").json()["data"][0]["id"]
+def serving_source(client) -> str:
+    """Where the default model's weights come from, as the ASR deployment serves it now."""
+    [default] = [m for m in client.get("/v1/models").json()["data"] if m.get("default")]
+    return default["source"]
 
 
 def asr_replica(client) -> dict:
@@ -24,16 +26,20 @@ def asr_replica(client) -> dict:
     return replica
 
 
-def redeploy(asr_model: str = "bundled/tiny.en", leaky_model: str | None = None) -> None:
-    """Deploy serve_config.cpu.yaml again, as `serve deploy` would, with these user_configs."""
+def redeploy(asr_model: str | None = None, leaky_model: str | None = None) -> None:
+    """Deploy serve_config.cpu.yaml again, as `serve deploy` would; `asr_model` replaces the weights
+    behind the default model id (the in-place swap an operator makes), None keeps the file's config."""
     from ray.serve.schema import ServeApplicationSchema
 
     from serve_app.launch import deploy, load_config
 
     config = load_config(ROOT / "serve_config.cpu.yaml")
     config.http_options.port = 8765
-    [asr] = [d for d in config.applications[0].deployments if d.name == "AsrDeployment"]
-    asr.user_config = AsrConfig(model=asr_model, cpu_threads=2).model_dump(mode="json")
+    if asr_model is not None:
+        [asr] = [d for d in config.applications[0].deployments if d.name == "AsrDeployment"]
+        args = AsrDeploymentConfig.model_validate(config.applications[0].args["asr"])
+        asr.user_config = args.model_copy(update={"models": {**args.models, args.default_model: asr_model}}) \
+            .model_dump(mode="json")
     if leaky_model is not None:
         from tests.integration.leaky import LeakyConfig
 
@@ -66,7 +72,7 @@ def test_model_swaps_under_load_fail_no_request(client):
             before = outcomes["ok"]
             redeploy(asr_model=model)
             deadline = time.monotonic() + 300
-            while serving_model(client) != model:
+            while serving_source(client) != model:
                 assert time.monotonic() < deadline, f"{model} not serving after 300 s"
                 time.sleep(1)
             while outcomes["ok"] < before + 3:  # requests keep succeeding on the new model
@@ -82,8 +88,10 @@ def test_model_swaps_under_load_fail_no_request(client):
     asr = asr_replica(client)
     assert asr["replica"] == replica_before, "the model was swapped inside the running replica"
     report = asr["last_teardown"]
-    assert asr["model"] == "bundled/tiny.en" and report["model"] == "bundled/base"
+    assert asr["loaded"]["tiny.en"]["model"] == "bundled/tiny.en" and report["model"] == "bundled/base"
+    assert [u["reason"] for u in asr["unloads"][:2]] == ["replaced", "replaced"]
     assert report["freed_bytes"] > 0 and asr["healthy"]
+    redeploy()  # the file's own config again, for the tests after this one
 
 
 def test_replica_whose_teardown_keeps_memory_is_replaced(client):

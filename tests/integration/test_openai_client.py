@@ -8,7 +8,7 @@ import openai
 import pytest
 
 from tests import speech
-from tests.integration.conftest import paragraph, paragraph_wav
+from tests.integration.conftest import german_wav, paragraph, paragraph_wav
 
 pytestmark = pytest.mark.serve
 
@@ -50,3 +50,20 @@ def test_errors_surface_as_openai_exceptions(oai):
     with pytest.raises(openai.BadRequestError) as info:
         oai.audio.transcriptions.create(model="whisper-1", file=upload(), language="xx")
     assert "unknown language code" in info.value.message
+
+
+def test_other_languages_with_the_multilingual_model(oai):
+    result = oai.audio.transcriptions.create(model="base", file=("de.wav", io.BytesIO(german_wav()), "audio/wav"),
+                                             response_format="verbose_json")
+    assert result.language == "german"
+    assert {"park", "kaffee"} <= set(speech.normalize_text(result.text).split()), result.text
+
+
+def test_translation_works_out_of_the_box(oai, client):
+    # whisper-1 means the default model, tiny.en, which cannot translate: the configured translation
+    # model (base) takes the request.
+    result = oai.audio.translations.create(model="whisper-1", file=("de.wav", io.BytesIO(german_wav()), "audio/wav"))
+    words = set(speech.normalize_text(result.text).split())
+    assert {"park", "coffee"} <= words, result.text
+    [asr] = client.get("/v1/models/status").json()["deployments"]["asr"]["replicas"]
+    assert {"tiny.en", "base"} <= set(asr["loaded"]), "base was loaded on first use, beside the default"
