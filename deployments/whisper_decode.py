@@ -175,8 +175,11 @@ def _with_words(pipeline: Any, tokenizer: Any, decoded: list[DecodedChunk], clip
         pipeline.options.prepend_punctuations, pipeline.options.append_punctuations, last_speech_s)
     out = list(decoded)
     for i, (segment,) in zip(spoken, segments, strict=True):
-        words = tuple(Word(text=w["word"].strip(), start_s=float(w["start"]), end_s=float(w["end"]),
-                           probability=float(w["probability"]))
+        # faster-whisper places words at seek / frames_per_s, the chunk start rounded to a 10 ms frame:
+        # shift them by the rounding so they are exact in the request's audio.
+        shift_s = decoded[i].chunk.start_s - segment["seek"] / frames_per_s
+        words = tuple(Word(text=w["word"].strip(), start_s=max(0.0, float(w["start"]) + shift_s),
+                           end_s=max(0.0, float(w["end"]) + shift_s), probability=float(w["probability"]))
                       for w in segment.get("words", ()) if w["word"].strip())
         item = decoded[i]
         out[i] = DecodedChunk(item.chunk, item.text, item.tokens, item.avg_logprob, words=words,

@@ -45,7 +45,7 @@ class DecodedAudio:
     """A decoded upload.
 
     samples:    float32, mono, 16 kHz, shape (n,), writable
-    duration_s: len(samples) / 16000, in seconds
+    duration_s: len(samples) / SAMPLE_RATE_HZ, in seconds
     container:  FFmpeg demuxer name, e.g. "wav" or "mov,mp4,m4a,3gp,3g2,mj2"
     codec:      audio codec name, e.g. "pcm_s16le", "mp3", "aac", "opus"
     had_video:  the file also held a video stream (cover art in audio files does not count)

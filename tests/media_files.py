@@ -7,7 +7,7 @@ import io
 import av
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from core.audio import SAMPLE_RATE_HZ as SAMPLE_RATE
 
 
 def _audio_frames(stream, samples: np.ndarray) -> list[av.AudioFrame]:

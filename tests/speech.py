@@ -39,7 +39,7 @@ from math import gcd
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from core.audio import SAMPLE_RATE_HZ as SAMPLE_RATE
 
 # espeak_AUDIO_OUTPUT: synthesise into a callback and return when done.
 _AUDIO_OUTPUT_SYNCHRONOUS = 2

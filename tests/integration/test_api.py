@@ -103,6 +103,12 @@ def test_a_truncated_upload_is_transcribed_as_far_as_it_goes_and_says_so(client)
     assert body["duration"] < 0.6 * len(samples) / speech.SAMPLE_RATE
 
 
+def test_a_request_without_a_model_uses_the_default(client):
+    response = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", paragraph_wav())})
+    assert response.status_code == 200, response.text
+    assert speech.word_error_rate(paragraph()[1], response.json()["text"]) < 0.15
+
+
 def test_models_and_health(client):
     models = client.get("/v1/models").json()
     cards = {m["id"]: m for m in models["data"]}

@@ -62,7 +62,10 @@ def test_other_languages_with_the_multilingual_model(oai):
 def test_translation_works_out_of_the_box(oai, client):
     # whisper-1 means the default model, tiny.en, which cannot translate: the configured translation
     # model (base) takes the request.
-    result = oai.audio.translations.create(model="whisper-1", file=("de.wav", io.BytesIO(german_wav()), "audio/wav"))
+    # The openai client marks its translations API deprecated (OpenAI retires the endpoint); it still works.
+    with pytest.deprecated_call():
+        result = oai.audio.translations.create(model="whisper-1",
+                                               file=("de.wav", io.BytesIO(german_wav()), "audio/wav"))
     words = set(speech.normalize_text(result.text).split())
     assert {"park", "coffee"} <= words, result.text
     [asr] = client.get("/v1/models/status").json()["deployments"]["asr"]["replicas"]

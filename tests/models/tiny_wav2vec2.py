@@ -23,7 +23,7 @@ from transformers import (
     Wav2Vec2Processor,
 )
 
-SAMPLE_RATE_HZ = 16_000
+from core.audio import SAMPLE_RATE_HZ
 
 # Special tokens first, as in facebook/wav2vec2-base-960h: `<pad>` is the CTC blank, `|` the space.
 VOCAB: dict[str, int] = {

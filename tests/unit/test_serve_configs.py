@@ -105,11 +105,48 @@ def test_user_config_overrides_are_valid(path):
     """A `user_config` under a deployment replaces what build_app seeds from `args`: same model."""
     from deployments import alignment, asr, diarization
 
-    config_classes = {"AsrDeployment": asr.AsrConfig, "AlignmentDeployment": alignment.AlignmentConfig,
+    config_classes = {"AsrDeployment": asr.AsrDeploymentConfig, "AlignmentDeployment": alignment.AlignmentConfig,
                       "DiarizationDeployment": diarization.DiarizationConfig}
     for name, deployment in deployments(load(path)).items():
         if "user_config" in deployment:
             config_classes[name].model_validate(deployment["user_config"])
+
+
+@pytest.mark.parametrize(("args", "key"), [
+    ({"asr": {"modle": "large-v3"}}, "asr.modle"),
+    ({"asr": {"model": "large-v3"}}, "asr.model"),  # the single-model key of old configs
+    ({"alignment": {"modles": {}}}, "alignment.modles"),
+    ({"diarization": {"clustering_treshold": 0.7}}, "diarization.clustering_treshold"),
+    ({"ingress": {"subtitles": {"max_line_char": 30}}}, "ingress.subtitles.max_line_char"),
+    ({"asrr": {}}, "asrr"),
+])
+def test_a_misspelt_key_fails_the_build_and_names_the_key(args, key):
+    from pydantic import ValidationError
+
+    from serve_app.app import build_app
+
+    with pytest.raises(ValidationError, match=rf"{key}\n\s+Extra inputs are not permitted"):
+        build_app(args)
+
+
+@pytest.mark.parametrize("config_class", ["asr.AsrDeploymentConfig", "alignment.AlignmentConfig",
+                                          "diarization.DiarizationConfig"])
+def test_a_misspelt_user_config_key_fails_the_reconfigure_and_names_the_key(config_class):
+    """A `user_config` override in serve_config.yaml reaches the replica's reconfigure, which refuses it
+    before touching the model (Serve then reports the deploy as failed, with this message)."""
+    import asyncio
+    import importlib
+
+    from deployments.replica import ModelReplica
+
+    module, name = config_class.split(".")
+    cls = getattr(importlib.import_module(f"deployments.{module}"), name)
+
+    class Replica(ModelReplica):
+        config_cls = cls
+
+    with pytest.raises(ValueError, match=r"invalid user_config for Replica(.|\n)*modle\n\s+Extra inputs"):
+        asyncio.run(Replica(holder_factory=lambda spec: None).reconfigure({"modle": "x"}))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

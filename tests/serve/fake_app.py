@@ -1,0 +1,127 @@
+"""The app graph of `serve_app.app:build_app` with fake holders: every deployment real, no model weights.
+
+    import_path: tests.serve.fake_app:build      args: AppArgs, as for build_app
+
+Each fake holder loads a small numpy array instantly and, when it is torn down, appends a line
+`<holder class> <model> <pid>` to the file named by $FAKE_TEARDOWN_LOG (if set), so a test can see
+which teardowns ran in the replicas' processes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+from ray import serve
+from ray.serve import Application
+
+from core.audio import SAMPLE_RATE_HZ
+from core.transcript import AsrOptions, AsrResult, Segment, SpeakerOptions, SpeakerTurn, Word
+from deployments.alignment import AlignmentDeployment, AlignmentModel, AlignmentModelHolder, AlignmentModelSpec
+from deployments.asr import AsrConfig, AsrDeployment, AsrHolder
+from deployments.diarization import DiarizationConfig, DiarizationDeployment, DiarizationHolder
+from serve_app.ingress import TranscriptionIngress
+from serve_app.settings import AppArgs
+
+TEARDOWN_LOG_ENV = "FAKE_TEARDOWN_LOG"
+# Resources and timing only; the graph and every user_config are build_app's. A tenth of a CPU each: the
+# graph fits on two cores beside Serve's own actors. An idle replica stops after one 0.1 s drain check,
+# not Serve's default 2 s.
+OPTIONS: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0.1}, "graceful_shutdown_wait_loop_s": 0.1}
+
+
+def _log_teardown(holder: Any, model: str) -> None:
+    path = os.environ.get(TEARDOWN_LOG_ENV)
+    if path:
+        with open(path, "a") as log:
+            log.write(f"{type(holder).__name__} {model} {os.getpid()}\n")
+
+
+def _words(text: str, start_s: float, end_s: float) -> tuple[Word, ...]:
+    parts = text.split()
+    step = (end_s - start_s) / len(parts)
+    return tuple(Word(part, start_s + i * step, start_s + (i + 1) * step) for i, part in enumerate(parts))
+
+
+class FakeAsrHolder(AsrHolder):
+    """The real holder's identity and language rules (English-only when the source ends in .en)."""
+
+    def import_libraries(self) -> None:
+        pass
+
+    def check_config(self, config: AsrConfig) -> None:
+        pass
+
+    def load_model(self, config: AsrConfig) -> np.ndarray:
+        return np.ones(1024, dtype=np.uint8)
+
+    def release_model(self, model: np.ndarray) -> None:
+        _log_teardown(self, self.config.model)
+
+    @property
+    def multilingual(self) -> bool:
+        return not self.config.model.endswith(".en")
+
+    def transcribe(self, audio: np.ndarray, options: AsrOptions) -> AsrResult:
+        self._require_model()
+        language = self._check_language(options.language, options.task) or "en"
+        duration_s = len(audio) / SAMPLE_RATE_HZ
+        text = f"{options.task} by {self.config.model}"
+        words = _words(text, 0.0, duration_s) if options.word_timestamps else ()
+        return AsrResult(language=language, segments=(Segment(text=text, start_s=0.0, end_s=duration_s, words=words),),
+                         duration_s=duration_s, word_source="whisper" if options.word_timestamps else None)
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.config.model, "multilingual": self.multilingual}
+
+
+class FakeAlignmentHolder(AlignmentModelHolder):
+    def import_libraries(self) -> None:
+        pass
+
+    def load_model(self, config: AlignmentModelSpec) -> AlignmentModel:
+        return AlignmentModel(module=np.ones(1024, dtype=np.uint8), metadata={})
+
+    def release_model(self, model: AlignmentModel) -> None:
+        _log_teardown(self, self.model_name(self.config))
+
+    def align(self, audio: np.ndarray, segments: Any) -> list[Segment]:
+        self._require_model()
+        return [s.with_words(_words(s.text, s.start_s, s.end_s)) for s in segments]
+
+
+class FakeDiarizationHolder(DiarizationHolder):
+    def import_libraries(self) -> None:
+        pass
+
+    def check_config(self, config: DiarizationConfig) -> None:
+        pass
+
+    def load_model(self, config: DiarizationConfig) -> np.ndarray:
+        return np.ones(1024, dtype=np.uint8)
+
+    def release_model(self, model: np.ndarray) -> None:
+        _log_teardown(self, self.config.model)
+
+    def diarize(self, audio: np.ndarray, options: SpeakerOptions) -> list[SpeakerTurn]:
+        self._require_model()
+        return [SpeakerTurn("SPEAKER_00", 0.0, len(audio) / SAMPLE_RATE_HZ)]
+
+
+def build(args: dict[str, Any]) -> Application:
+    """`build_app`'s graph (ingress → ASR, alignment, diarization), each model deployment bound to a fake
+    holder through its constructor, with the OPTIONS above."""
+    app_args = AppArgs.model_validate(args or {})
+
+    def model_deployment(cls: type, holder: type, config: BaseModel) -> Application:
+        return serve.deployment(name=cls.__name__, user_config=config.model_dump(mode="json"),
+                                **OPTIONS)(cls).bind(holder_factory=holder)
+
+    asr = model_deployment(AsrDeployment, FakeAsrHolder, app_args.asr)
+    alignment = model_deployment(AlignmentDeployment, FakeAlignmentHolder, app_args.alignment)
+    diarization = model_deployment(DiarizationDeployment, FakeDiarizationHolder, app_args.diarization) \
+        if app_args.diarization_enabled else None
+    ingress = serve.deployment(name="TranscriptionIngress", **OPTIONS)(TranscriptionIngress)
+    return ingress.bind(asr, alignment, diarization, app_args.model_dump(mode="json"))
