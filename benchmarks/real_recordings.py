@@ -28,8 +28,8 @@ import numpy as np
 os.environ.setdefault("PYANNOTE_METRICS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tests.real_speech import LAYOUTS, RealSpeech, build  # noqa: E402
-from tests.speech import word_error_rate  # noqa: E402
+from tests.real_speech import LAYOUTS, RealSpeech, build
+from tests.speech import word_error_rate
 
 TINY = "bundled/tiny.en"
 
@@ -67,7 +67,7 @@ def diarization(files: list[RealSpeech]) -> dict[str, dict[str, Any]]:
     out = {}
     try:
         for speech in files:
-            turns, seconds = timed(lambda s=speech: holder.run(holder.diarize, s.audio, SpeakerOptions()))
+            turns, seconds = timed(lambda s=speech: holder.run(holder.diarize, s.audio, SpeakerOptions()))  # type: ignore[misc]
             found = [(t.speaker, t.start_s, t.end_s) for t in turns]
             out[speech.name] = {"speakers": len({t[0] for t in found}), "seconds": seconds,
                                 "collar_0.25": der(speech, found, 0.25), "collar_0": der(speech, found, 0.0)}
@@ -95,10 +95,10 @@ def raw_whisperx(files: list[RealSpeech], mp4: bool = False) -> dict[str, tuple[
     out = {}
     for speech in files:
         audio = mp4_audio(speech) if mp4 else np.array(speech.audio)
-        result, seconds = timed(lambda a=audio: model.transcribe(a, batch_size=8, language="en", chunk_size=30))
+        result, seconds = timed(lambda a=audio: model.transcribe(a, batch_size=8, language="en",  # type: ignore[misc]
+                                                                  chunk_size=30))
         text = " ".join(seg["text"].strip() for seg in result["segments"])
         out[speech.name] = (word_error_rate(speech.reference, text), seconds, text)
-    del model
     return out
 
 
@@ -116,7 +116,6 @@ def raw_faster_whisper(files: list[RealSpeech]) -> dict[str, tuple[float, float,
 
         text, seconds = timed(run)
         out[speech.name] = (word_error_rate(speech.reference, text), seconds, text)
-    del model
     return out
 
 
@@ -133,7 +132,7 @@ def holder_asr(files: list[RealSpeech]) -> dict[str, dict[str, tuple[float, floa
                     ("AsrHolder, word_timestamps=True", speech.audio, True),
                     ("AsrHolder, MP4 upload, word_timestamps=False", mp4_audio(speech), False)]
             for label, audio, words in runs:
-                result, seconds = timed(lambda a=audio, w=words: holder.run(
+                result, seconds = timed(lambda a=audio, w=words: holder.run(  # type: ignore[misc]
                     holder.transcribe, a, AsrOptions(word_timestamps=w)))
                 text = " ".join(seg.text for seg in result.segments)
                 out[speech.name][label] = (word_error_rate(speech.reference, text), seconds, text)

@@ -10,7 +10,7 @@ call            ``pyannote.audio`` 4.0.7 wheel (installed):             30.0 s  
                 phone call (Diane, Sheila), speech from 6.7 s                   shipped; MIT (pyannote.audio)
 reader          ``pocketsphinx`` 5.1.1 sdist: ``test/data/librivox/``   24.7 s  the ``.txt`` beside each clip;
                 ``sense_and_sensibility_01_austen_64kb-0870 .. 0930``           speech spans from its ``.lab``;
-                five consecutive sentences of a LibriVox reading                LibriVox: public domain
+                five sentences of chapter 1 of a LibriVox reading               LibriVox: public domain
 jfk             ``pywhispercpp`` 1.5.1 sdist:                           11.0 s  the inaugural address (1961),
                 ``whisper.cpp/samples/jfk.wav``; J. F. Kennedy                  public domain; file MIT
                                                                                 (whisper.cpp)
@@ -63,7 +63,8 @@ CALL_FROM_S = 6.4
 # Speaker names from sample.stm, for the labels of sample.rttm.
 _CALL_SPEAKERS = {"speaker90": "diane", "speaker91": "sheila"}
 
-JFK_TEXT = "And so, my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+JFK_TEXT = ("And so, my fellow Americans, ask not what your country can do for you, "
+            "ask what you can do for your country.")
 FOREVER_TEXT = "Feels like these days go on forever."
 
 SPEECH_LEVEL_DBFS = -20.0

@@ -15,6 +15,7 @@ that ship none (JFK, the fifth voice) are their voiced spans.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cache
 from itertools import pairwise
 
@@ -69,17 +70,28 @@ def _mp4_upload(name: str) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def diarizer() -> DiarizationHolder:
+def diarizer() -> Iterator[DiarizationHolder]:
     holder = DiarizationHolder(DiarizationConfig())
     yield holder
     holder.close()
 
 
 @pytest.fixture(scope="module")
-def tiny() -> AsrHolder:
+def tiny() -> Iterator[AsrHolder]:
     holder = AsrHolder(AsrConfig(model="bundled/tiny.en", cpu_threads=2))
     yield holder
     holder.close()
+
+
+_results: dict[tuple[str, bool], AsrResult] = {}
+
+
+def _transcribe(tiny: AsrHolder, name: str, word_timestamps: bool = False) -> AsrResult:
+    """Each file transcribed once per module and option (results are frozen dataclasses)."""
+    key = (name, word_timestamps)
+    if key not in _results:
+        _results[key] = tiny.run(tiny.transcribe, _file(name).audio, AsrOptions(word_timestamps=word_timestamps))
+    return _results[key]
 
 
 def _text(result: AsrResult) -> str:
@@ -136,7 +148,7 @@ def test_diarization_of_a_real_meeting(diarizer: DiarizationHolder, name: str):
 @pytest.mark.parametrize("name", [PAUSE, MEETING])
 def test_transcribes_a_real_meeting(tiny: AsrHolder, name: str):
     speech = _file(name)
-    result = tiny.run(tiny.transcribe, speech.audio, AsrOptions())
+    result = _transcribe(tiny, name)
     assert result.language == "en" and result.word_source is None
     assert result.duration_s == pytest.approx(speech.duration_s, abs=0.01)
     assert word_error_rate(speech.reference, _text(result)) < WER_BOUND[name], _text(result)
@@ -145,16 +157,17 @@ def test_transcribes_a_real_meeting(tiny: AsrHolder, name: str):
 @pytest.mark.parametrize("name", [PAUSE, MEETING])
 def test_word_timestamps_keep_every_word_after_a_long_pause(tiny: AsrHolder, name: str):
     speech = _file(name)
-    plain = tiny.run(tiny.transcribe, speech.audio, AsrOptions())
-    worded = tiny.run(tiny.transcribe, speech.audio, AsrOptions(word_timestamps=True))
+    plain, worded = _transcribe(tiny, name), _transcribe(tiny, name, word_timestamps=True)
     assert worded.word_source == "whisper"
     assert [s.text for s in worded.segments] == [s.text for s in plain.segments]
     words = [w for s in worded.segments for w in s.words]
     assert word_error_rate(speech.reference, " ".join(w.text for w in words)) < WER_BOUND[name]
     starts = [w.start_s for w in words]
     assert starts == sorted(starts)
-    for a, b in speech.pauses:  # no word is placed in a pause
-        assert not [w for w in words if a + 0.5 < (w.start_s + w.end_s) / 2 < b - 0.5], (a, b)
+    # No word starts in a pause. (Ends may spill into one: MEETING's call ends on "now." at 67.09 s and
+    # Whisper's timing stretches it to 68.78 s, 1.7 s into the 5 s pause.)
+    for a, b in speech.pauses:
+        assert not [w for w in words if a + 0.3 < w.start_s < b - 0.3], (a, b)
     if name == PAUSE:
         text = normalize_text(_text(worded))
         assert all(phrase in text for phrase in AFTER_THE_PAUSE), text
