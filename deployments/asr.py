@@ -179,7 +179,9 @@ class AsrDeployment(ModelReplica[AsrDeploymentConfig, AsrConfig, AsrHolder]):
 
     def __init__(self, holder_factory: type[AsrHolder] = AsrHolder) -> None:
         super().__init__(holder_factory)
-        self._default_multilingual = True  # learnt from the default model once it is loaded
+        # Whether the weights behind a source are multilingual, learnt from the loaded model; keyed by
+        # source, so new weights behind a model id are asked again.
+        self._multilingual: dict[str, bool] = {}
 
     def model_specs(self, config: AsrDeploymentConfig) -> dict[str, AsrConfig]:
         return {model_id: config.spec_for(model_id) for model_id in config.models}
@@ -190,13 +192,14 @@ class AsrDeployment(ModelReplica[AsrDeploymentConfig, AsrConfig, AsrHolder]):
     def pool_bounds(self, config: AsrDeploymentConfig) -> tuple[int, float | None]:
         return config.max_loaded_models, config.idle_unload_s
 
-    async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        await super().reconfigure(user_config)
-        if self.config.default_model in self._pool.loaded():  # not reloaded if it was evicted since
-            described = await self.call(self.config.default_model, "describe")
-            self._default_multilingual = described["multilingual"]
+    async def _is_multilingual(self, model_id: str) -> bool:
+        source = self.config.models[model_id]
+        if source not in self._multilingual:
+            described = await self.call(model_id, "describe")  # loads the model if it is not loaded
+            self._multilingual[source] = bool(described["multilingual"])
+        return self._multilingual[source]
 
-    def _model_for(self, options: AsrOptions) -> str:
+    async def _model_for(self, options: AsrOptions) -> str:
         """The model id a request runs on: the one it names, else the default (or, for a translation
         with an English-only default, the configured translation model)."""
         config = self.config
@@ -206,7 +209,7 @@ class AsrDeployment(ModelReplica[AsrDeploymentConfig, AsrConfig, AsrHolder]):
                                    f"{', '.join(sorted(config.models))} (or an alias listed by GET /v1/models)",
                                    param="model")
             return options.model
-        if options.task == "translate" and not self._default_multilingual:
+        if options.task == "translate" and not await self._is_multilingual(config.default_model):
             if config.translation_model is not None:
                 return config.translation_model
             others = sorted(set(config.models) - {config.default_model})
@@ -217,7 +220,7 @@ class AsrDeployment(ModelReplica[AsrDeploymentConfig, AsrConfig, AsrHolder]):
         return config.default_model
 
     async def transcribe(self, audio: np.ndarray, options: AsrOptions) -> AsrResult:
-        model_id = self._model_for(options)
+        model_id = await self._model_for(options)
         return await self.call(model_id, "transcribe", audio, options)
 
     async def describe(self) -> dict[str, Any]:
@@ -225,6 +228,6 @@ class AsrDeployment(ModelReplica[AsrDeploymentConfig, AsrConfig, AsrHolder]):
         config, loaded = self.config, set(self._pool.loaded())
         return {"default_model": config.default_model, "translation_model": config.translation_model,
                 "models": [{"id": model_id, "source": source, "loaded": model_id in loaded,
-                            "default": model_id == config.default_model}
-                           for model_id, source in config.models.items()],
-                "default_multilingual": self._default_multilingual}
+                            "default": model_id == config.default_model,
+                            "multilingual": self._multilingual.get(source)}  # None: not known yet
+                           for model_id, source in config.models.items()]}

@@ -49,22 +49,31 @@ class MemorySample:
 
 @dataclass(frozen=True)
 class TeardownReport:
-    """Memory at baseline (before the first load), after load and after teardown, in bytes."""
+    """Memory before the model's load (baseline), after it, just before its teardown and after it, in bytes."""
 
     model: str
     device: str
     baseline: MemorySample
     loaded: MemorySample
+    before: MemorySample
     after: MemorySample
     seconds: float
 
     @property
     def residue_bytes(self) -> int:
-        return self.after.primary_bytes - self.baseline.primary_bytes
+        """What the load added and the teardown did not give back.
+
+        Measured as a difference of differences, not as `after - baseline`: other models in the same
+        process may have been loaded (or unloaded) between this model's load and its teardown, and
+        they are not this model's residue.
+        """
+        added = self.loaded.primary_bytes - self.baseline.primary_bytes
+        return added - self.freed_bytes
 
     @property
     def freed_bytes(self) -> int:
-        return self.loaded.primary_bytes - self.after.primary_bytes
+        """What the teardown gave back."""
+        return self.before.primary_bytes - self.after.primary_bytes
 
     def as_dict(self) -> dict:
         return {
@@ -72,6 +81,7 @@ class TeardownReport:
             "device": self.device,
             "baseline": asdict(self.baseline),
             "loaded": asdict(self.loaded),
+            "before": asdict(self.before),
             "after": asdict(self.after),
             "residue_bytes": self.residue_bytes,
             "freed_bytes": self.freed_bytes,
@@ -81,7 +91,8 @@ class TeardownReport:
     def summary(self) -> str:
         return (
             f"teardown of {self.model} on {self.device}: baseline {self.baseline.primary_bytes / MIB:.1f} MiB, "
-            f"loaded {self.loaded.primary_bytes / MIB:.1f} MiB, after {self.after.primary_bytes / MIB:.1f} MiB, "
+            f"loaded {self.loaded.primary_bytes / MIB:.1f} MiB, before teardown {self.before.primary_bytes / MIB:.1f}"
+            f" MiB, after {self.after.primary_bytes / MIB:.1f} MiB, freed {self.freed_bytes / MIB:.1f} MiB, "
             f"residue {self.residue_bytes / MIB:+.1f} MiB in {self.seconds:.2f} s"
         )
 
@@ -220,6 +231,7 @@ def teardown(model: str, device: str, drop_references: Callable[[], None], basel
     `empty_cache()` hands torch's cached blocks back to the driver. Repeating either frees nothing
     more: what is left after this is held by something still referenced, or is the CUDA context.
     """
+    before = measure(device)
     started = time.perf_counter()
     drop_references()
     gc.collect()
@@ -228,7 +240,7 @@ def teardown(model: str, device: str, drop_references: Callable[[], None], basel
         cuda.empty_cache()
     _return_freed_heap_to_os()
     after = measure(device)
-    report = TeardownReport(model=model, device=device, baseline=baseline, loaded=loaded, after=after,
-                            seconds=time.perf_counter() - started)
+    report = TeardownReport(model=model, device=device, baseline=baseline, loaded=loaded, before=before,
+                            after=after, seconds=time.perf_counter() - started)
     logger.info(report.summary())
     return report

@@ -135,9 +135,13 @@ class ModelHolder(Generic[ConfigT, ModelT]):
     def _load(self, config: ConfigT) -> None:
         device = self.device_of(config)
         if self.baseline is None:
+            # The libraries' code and, on CUDA, the context can never be freed in-process: they are
+            # in every baseline, not in a model's residue.
             self.import_libraries()
             gpu_memory.prepare_device(device, config.gpu_memory_fraction)
-            self.baseline = gpu_memory.measure(device)
+        # Sampled before each load: the residue of this model is judged against what it added, even
+        # when other models in the process were loaded or unloaded in between.
+        self.baseline = gpu_memory.measure(device)
         gpu_memory.require_free(device, config.required_free_mib, self.model_name(config))
         self.model = self.load_model(config)
         self.config = config

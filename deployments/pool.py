@@ -127,9 +127,11 @@ class ModelPool(Generic[SpecT, HolderT]):
                 if key not in self.pinned and not self._in_use.get(key) and idle_s > self.idle_unload_s:
                     await self._unload(key, "idle")
 
-    async def reconfigure(self, specs: dict[str, SpecT]) -> None:
-        """Apply new specs: models no longer offered are unloaded, changed ones swapped in place (the
-        holder reloads only if its model identity changed), and the bound is enforced."""
+    async def reconfigure(self, specs: dict[str, SpecT], *, bounds: tuple[int, float | None] | None = None,
+                          pinned: frozenset[str] | None = None) -> None:
+        """Apply new specs and bounds: models no longer offered are unloaded, changed ones swapped in place
+        (the holder reloads only if its model identity changed), then the new bound is enforced. A swap
+        that fails leaves the bounds as they were."""
         async with self._lock:
             for key in list(self._holders):
                 if key not in specs:
@@ -140,6 +142,11 @@ class ModelPool(Generic[SpecT, HolderT]):
                 self._specs[key] = specs[key]
                 if report is not None:
                     self._remember(key, "replaced", report)
+            # New (max_loaded, idle_unload_s) and pinned keys, if given, apply once every swap succeeded.
+            if bounds is not None:
+                self.max_loaded, self.idle_unload_s = bounds
+            if pinned is not None:
+                self.pinned = pinned
             while len(self._holders) > max(self.max_loaded, 1):
                 await self._unload(next(iter(self._holders)), "evicted")
 

@@ -134,9 +134,7 @@ class ModelReplica(Generic[ConfigT, SpecT, HolderT]):
             # Raising fails this config update (and names the bad key); the current models keep serving.
             raise ValueError(f"invalid user_config for {type(self).__name__}: {e}") from e
         specs = self.model_specs(config)
-        self._pool.max_loaded, self._pool.idle_unload_s = self.pool_bounds(config)
-        self._pool.pinned = frozenset(self.preloaded(config))
-        await self._pool.reconfigure(specs)
+        await self._pool.reconfigure(specs, bounds=self.pool_bounds(config), pinned=frozenset(self.preloaded(config)))
         # Preload at start-up and when the preloaded set changes (a new default model); otherwise a
         # config change would reload a default that was evicted to make room for others.
         before = set(self.preloaded(self._config)) if self._config is not None else set()

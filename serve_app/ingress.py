@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from ray import serve
-from ray.serve.exceptions import BackPressureError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.schema import ReplicaState
 from starlette.datastructures import UploadFile
 
@@ -34,7 +34,7 @@ from serve_app.pipeline import TranscriptionPipeline, unwrap_remote_error
 from serve_app.schemas import TranscriptionRequest
 from serve_app.settings import AppArgs, ServiceSettings
 
-logger = logging.getLogger("transcription.ingress")
+logger = logging.getLogger(__name__)  # under serve_app: routed into Serve's replica log
 
 api = FastAPI(title="Transcription service", version="0.1.0",
               description="Speech to text with word timings and speakers; OpenAI-compatible audio API.")
@@ -58,6 +58,9 @@ def error_response(error: BaseException, request_id: str) -> JSONResponse:
     error = unwrap_remote_error(error)
     if isinstance(error, BackPressureError):  # a model deployment's queue is full: shed, don't fail
         error = ModelUnavailable("the service is at capacity; retry after the delay in Retry-After")
+    elif isinstance(error, DeploymentUnavailableError):  # no replica of a model deployment right now
+        error = ModelUnavailable("a model deployment has no replica running; retry after the delay in "
+                                 "Retry-After")
     headers = {"x-request-id": request_id}
     if isinstance(error, ServiceError):
         if isinstance(error, ModelUnavailable):

@@ -50,10 +50,18 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def deploy(config, *, timeout_s: float = 600) -> str:
-    """Deploy a validated config onto the connected (or a new local) Ray cluster; returns the base URL."""
+    """Deploy a validated config onto the connected (or a new local) Ray cluster; returns the base URL.
+
+    Refuses (ValueError naming the key) a config whose args or user_config overrides the app would
+    reject, before anything is deployed: the running replicas keep serving.
+    """
     import ray
     from ray.serve._private import api as serve_api  # what `serve run CONFIG` uses
     from ray.serve._private.constants import SERVE_NAMESPACE
+
+    from serve_app.app import check_config
+
+    check_config(config)
 
     for key, value in _PRIVATE_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -82,7 +90,10 @@ def wait_until_running(app_names: list[str], *, timeout_s: float) -> None:
         states = {name: statuses[name].status if name in statuses else None for name in app_names}
         failed = [n for n, s in states.items() if s == ApplicationStatus.DEPLOY_FAILED]
         if failed:
-            raise RuntimeError(f"deploying {failed[0]} failed: {statuses[failed[0]].message}")
+            app = statuses[failed[0]]
+            # The application's message names only the deployments; theirs say what went wrong.
+            reasons = [f"{name}: {d.message}" for name, d in app.deployments.items() if d.message]
+            raise RuntimeError(f"deploying {failed[0]} failed: {app.message}" + "".join(f"\n{r}" for r in reasons))
         if all(s == ApplicationStatus.RUNNING for s in states.values()):
             return
         if time.monotonic() > deadline:
@@ -97,7 +108,19 @@ def _shutdown(signum: int, _frame: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", default=str(DEFAULT_CONFIG), help="Serve config file")
+    parser.add_argument("--check", action="store_true", help="only validate the config (Ray's schema, the "
+                        "app's args and every model user_config) and exit: run it before `serve deploy`")
     options = parser.parse_args(argv)
+    if options.check:
+        from serve_app.app import check_config
+
+        try:
+            check_config(load_config(options.config))
+        except ValueError as e:  # pydantic's ValidationError is one
+            print(e, file=sys.stderr)
+            return 1
+        print(f"{options.config}: ok")
+        return 0
     from ray import serve
 
     try:

@@ -52,6 +52,10 @@ def subtitle_text(body: str) -> str:
     return " ".join(lines)
 
 
+def word_list_text(body: dict) -> str:
+    return " ".join(w["word"] for w in body["words"])
+
+
 def words(text: str) -> list[str]:
     return speech.normalize_text(text).split()
 
@@ -68,7 +72,7 @@ def test_json_keeps_every_part_of_a_recording_with_pauses(plain):
 
 @pytest.mark.parametrize(("response_format", "fields", "text_of"), [
     ("text", {}, str),
-    ("verbose_json", {"timestamp_granularities": ["word", "segment"]}, lambda b: " ".join(w["word"] for w in b["words"])),
+    ("verbose_json", {"timestamp_granularities": ["word", "segment"]}, word_list_text),
     ("srt", {}, subtitle_text),
     ("vtt", {"diarize": "true"}, subtitle_text),
 ], ids=["text", "verbose_json-words", "srt", "vtt-diarized"])

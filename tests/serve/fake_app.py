@@ -3,8 +3,8 @@
     import_path: tests.serve.fake_app:build      args: AppArgs, as for build_app
 
 Each fake holder loads a small numpy array instantly and, when it is torn down, appends a line
-`<holder class> <model> <pid>` to the file named by $FAKE_TEARDOWN_LOG (if set), so a test can see
-which teardowns ran in the replicas' processes.
+`<holder class> <model name, as status shows it> <pid>` to the file named by $FAKE_TEARDOWN_LOG (if
+set), so a test can see which teardowns ran in the replicas' processes.
 """
 
 from __future__ import annotations
@@ -13,16 +13,14 @@ import os
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
-from ray import serve
 from ray.serve import Application
 
 from core.audio import SAMPLE_RATE_HZ
 from core.transcript import AsrOptions, AsrResult, Segment, SpeakerOptions, SpeakerTurn, Word
-from deployments.alignment import AlignmentDeployment, AlignmentModel, AlignmentModelHolder, AlignmentModelSpec
-from deployments.asr import AsrConfig, AsrDeployment, AsrHolder
-from deployments.diarization import DiarizationConfig, DiarizationDeployment, DiarizationHolder
-from serve_app.ingress import TranscriptionIngress
+from deployments.alignment import AlignmentModel, AlignmentModelHolder, AlignmentModelSpec
+from deployments.asr import AsrConfig, AsrHolder
+from deployments.diarization import DiarizationConfig, DiarizationHolder
+from serve_app.app import build_graph
 from serve_app.settings import AppArgs
 
 TEARDOWN_LOG_ENV = "FAKE_TEARDOWN_LOG"
@@ -32,11 +30,12 @@ TEARDOWN_LOG_ENV = "FAKE_TEARDOWN_LOG"
 OPTIONS: dict[str, Any] = {"ray_actor_options": {"num_cpus": 0.1}, "graceful_shutdown_wait_loop_s": 0.1}
 
 
-def _log_teardown(holder: Any, model: str) -> None:
+def _log_teardown(holder: Any) -> None:
+    """Called from `release_model`, which the measured teardown runs on the holder's own thread."""
     path = os.environ.get(TEARDOWN_LOG_ENV)
     if path:
         with open(path, "a") as log:
-            log.write(f"{type(holder).__name__} {model} {os.getpid()}\n")
+            log.write(f"{type(holder).__name__} {holder.model_name(holder.config)} {os.getpid()}\n")
 
 
 def _words(text: str, start_s: float, end_s: float) -> tuple[Word, ...]:
@@ -58,7 +57,7 @@ class FakeAsrHolder(AsrHolder):
         return np.ones(1024, dtype=np.uint8)
 
     def release_model(self, model: np.ndarray) -> None:
-        _log_teardown(self, self.config.model)
+        _log_teardown(self)
 
     @property
     def multilingual(self) -> bool:
@@ -85,7 +84,7 @@ class FakeAlignmentHolder(AlignmentModelHolder):
         return AlignmentModel(module=np.ones(1024, dtype=np.uint8), metadata={})
 
     def release_model(self, model: AlignmentModel) -> None:
-        _log_teardown(self, self.model_name(self.config))
+        _log_teardown(self)
 
     def align(self, audio: np.ndarray, segments: Any) -> list[Segment]:
         self._require_model()
@@ -103,7 +102,7 @@ class FakeDiarizationHolder(DiarizationHolder):
         return np.ones(1024, dtype=np.uint8)
 
     def release_model(self, model: np.ndarray) -> None:
-        _log_teardown(self, self.config.model)
+        _log_teardown(self)
 
     def diarize(self, audio: np.ndarray, options: SpeakerOptions) -> list[SpeakerTurn]:
         self._require_model()
@@ -111,17 +110,8 @@ class FakeDiarizationHolder(DiarizationHolder):
 
 
 def build(args: dict[str, Any]) -> Application:
-    """`build_app`'s graph (ingress → ASR, alignment, diarization), each model deployment bound to a fake
-    holder through its constructor, with the OPTIONS above."""
-    app_args = AppArgs.model_validate(args or {})
-
-    def model_deployment(cls: type, holder: type, config: BaseModel) -> Application:
-        return serve.deployment(name=cls.__name__, user_config=config.model_dump(mode="json"),
-                                **OPTIONS)(cls).bind(holder_factory=holder)
-
-    asr = model_deployment(AsrDeployment, FakeAsrHolder, app_args.asr)
-    alignment = model_deployment(AlignmentDeployment, FakeAlignmentHolder, app_args.alignment)
-    diarization = model_deployment(DiarizationDeployment, FakeDiarizationHolder, app_args.diarization) \
-        if app_args.diarization_enabled else None
-    ingress = serve.deployment(name="TranscriptionIngress", **OPTIONS)(TranscriptionIngress)
-    return ingress.bind(asr, alignment, diarization, app_args.model_dump(mode="json"))
+    """`build_app`'s own graph (ingress → ASR, alignment, diarization), each model deployment bound to a
+    fake holder through its constructor, with the OPTIONS above."""
+    holders = {"AsrDeployment": FakeAsrHolder, "AlignmentDeployment": FakeAlignmentHolder,
+               "DiarizationDeployment": FakeDiarizationHolder}
+    return build_graph(AppArgs.model_validate(args or {}), holders, **OPTIONS)

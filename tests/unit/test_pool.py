@@ -283,8 +283,6 @@ async def test_status_shows_loaded_models_pinning_idle_time_and_unloads_newest_f
     assert status["unloads"][0]["reason"] == "evicted" and status["unloads"][0]["teardown"]["model"] == "a"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a teardown's residue is judged against the memory before that model's "
-                   "own load, so a model loaded after it and still held counts as its residue")
 async def test_a_model_loaded_later_and_still_held_is_not_the_evicted_models_residue(make_pool):
     pool = make_pool(max_loaded=2)
     await pool.call("a", spec("a", size_mib=8), "infer")

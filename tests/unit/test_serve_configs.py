@@ -195,3 +195,26 @@ def test_production_gpu_shares():
     (app,) = config["applications"]
     for part in MODEL_PARTS:
         assert app["args"][part]["device"].startswith("cuda"), part
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_pass_the_deploy_check(path):
+    from serve_app.app import check_config
+    from serve_app.launch import load_config
+
+    check_config(load_config(path))
+
+
+def test_the_check_command_names_a_misspelt_user_config_key(tmp_path, capsys):
+    """`python -m serve_app.launch --check FILE`, run before `serve deploy`, refuses an override that the
+    running replicas would refuse (Serve would then stop them)."""
+    from serve_app.launch import main
+
+    config = load(CPU)
+    [asr] = [d for d in config["applications"][0]["deployments"] if d["name"] == "AsrDeployment"]
+    asr["user_config"] = {"default_model": "tiny.en", "max_loaded_modles": 3}
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main([str(path), "--check"]) == 1
+    assert "AsrDeployment user_config" in capsys.readouterr().err
+    assert main([str(CPU), "--check"]) == 0
