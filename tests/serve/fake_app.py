@@ -16,6 +16,7 @@ import numpy as np
 from ray.serve import Application
 
 from core.audio import SAMPLE_RATE_HZ
+from core.errors import ModelUnavailable
 from core.transcript import AsrOptions, AsrResult, Segment, SpeakerOptions, SpeakerTurn, Word
 from deployments.alignment import AlignmentModel, AlignmentModelHolder, AlignmentModelSpec
 from deployments.asr import AsrConfig, AsrHolder
@@ -51,7 +52,8 @@ class FakeAsrHolder(AsrHolder):
         pass
 
     def check_config(self, config: AsrConfig) -> None:
-        pass
+        if config.model.startswith("missing/"):  # a source that cannot load, for failed updates
+            raise ModelUnavailable(f"no model {config.model}", param="model")
 
     def load_model(self, config: AsrConfig) -> np.ndarray:
         return np.ones(1024, dtype=np.uint8)

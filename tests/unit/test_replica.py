@@ -12,69 +12,17 @@ import pytest
 
 from core.audio import SAMPLE_RATE_HZ
 from core.errors import BadRequest, ModelUnavailable, UnknownModel
-from core.transcript import AsrOptions, AsrResult, Segment, SpeakerTurn
-from deployments.alignment import AlignmentDeployment, AlignmentModel, AlignmentModelHolder
-from deployments.asr import AsrConfig, AsrDeployment, AsrHolder
-from deployments.diarization import DiarizationDeployment, DiarizationHolder
+from core.transcript import AsrOptions
+from deployments.alignment import AlignmentDeployment
+from deployments.asr import AsrConfig, AsrDeployment
+from deployments.diarization import DiarizationDeployment
 from deployments.holder import DeviceConfig, ModelHolder
 from deployments.replica import SINGLE_MODEL, ModelReplica
+from tests.serve.fake_app import FakeAlignmentHolder, FakeAsrHolder, FakeDiarizationHolder
 
 MIB = 1024 * 1024
 KEPT: list[np.ndarray] = []  # what the leaky holder "forgets" to release
 AUDIO = np.zeros(SAMPLE_RATE_HZ, dtype=np.float32)  # 1 s
-
-
-class FakeAsrHolder(AsrHolder):
-    """The real holder's identity and language rules; a numpy array instead of weights."""
-
-    def import_libraries(self) -> None:
-        pass
-
-    def check_config(self, config: AsrConfig) -> None:
-        if config.model.startswith("missing/"):
-            raise ModelUnavailable(f"no model {config.model}", param="model")
-
-    def load_model(self, config: AsrConfig) -> np.ndarray:
-        return np.ones(MIB, dtype=np.uint8)
-
-    def release_model(self, model: np.ndarray) -> None:
-        pass
-
-    @property
-    def multilingual(self) -> bool:
-        return not self.config.model.endswith(".en")
-
-    def transcribe(self, audio: np.ndarray, options: AsrOptions) -> AsrResult:
-        self._require_model()
-        language = self._check_language(options.language, options.task) or "de"
-        text = f"{options.task} by {self.config.model}"
-        return AsrResult(language=language, segments=(Segment(text=text, start_s=0.0, end_s=1.0),),
-                         duration_s=len(audio) / SAMPLE_RATE_HZ)
-
-    def describe(self) -> dict[str, Any]:
-        return {"source": self.config.model, "multilingual": self.multilingual}
-
-
-class FakeAlignmentHolder(AlignmentModelHolder):
-    def import_libraries(self) -> None:
-        pass
-
-    def load_model(self, config: Any) -> AlignmentModel:
-        return AlignmentModel(module=np.ones(MIB, dtype=np.uint8), metadata={})
-
-
-class FakeDiarizationHolder(DiarizationHolder):
-    def import_libraries(self) -> None:
-        pass
-
-    def check_config(self, config: Any) -> None:
-        pass
-
-    def load_model(self, config: Any) -> np.ndarray:
-        return np.ones(MIB, dtype=np.uint8)
-
-    def diarize(self, audio: np.ndarray, options: Any) -> list[SpeakerTurn]:
-        return [SpeakerTurn("SPEAKER_00", 0.0, len(audio) / SAMPLE_RATE_HZ)]
 
 
 class LeakyConfig(DeviceConfig):
