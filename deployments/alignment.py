@@ -77,8 +77,11 @@ class AlignmentConfig(DeviceConfig):
         defaults = whisperx_default_models() if self.use_whisperx_defaults else {}
         return {**defaults, **self.models}
 
-    def spec_for(self, language: str, model: str) -> AlignmentModelSpec:
-        """The holder config for one language's model."""
+    def spec_for(self, language: str) -> AlignmentModelSpec | None:
+        """The holder config for `language`'s model, or None when this config aligns no such language."""
+        model = self.languages().get(language)
+        if model is None:
+            return None
         shared = self.model_dump(include=set(DeviceConfig.model_fields) | {"model_cache_dir", "nltk_data_dir"})
         return AlignmentModelSpec(language=language, model=model, **shared)
 
@@ -183,7 +186,8 @@ class AlignmentDeployment(ModelReplica[AlignmentConfig, AlignmentModelSpec, Alig
         super().__init__(holder_factory)
 
     def model_specs(self, config: AlignmentConfig) -> dict[str, AlignmentModelSpec]:
-        return {language: config.spec_for(language, model) for language, model in config.languages().items()}
+        specs = {language: config.spec_for(language) for language in config.languages()}
+        return {language: spec for language, spec in specs.items() if spec is not None}
 
     def preloaded(self, config: AlignmentConfig) -> list[str]:
         return []  # a language's model loads when its first request comes

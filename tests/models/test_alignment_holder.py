@@ -155,8 +155,9 @@ def test_unloadable_model_is_unavailable(tmp_path):
 def test_languages_come_from_the_config():
     config = AlignmentConfig(models={"EN": "/models/en", "de": "org/german-wav2vec2"})
     assert config.languages() == {"en": "/models/en", "de": "org/german-wav2vec2"}
-    spec = config.spec_for("de", config.languages()["de"])
-    assert (spec.language, spec.model, spec.device) == ("de", "org/german-wav2vec2", "cpu")
+    spec = config.spec_for("de")
+    assert spec is not None and (spec.language, spec.model, spec.device) == ("de", "org/german-wav2vec2", "cpu")
+    assert config.spec_for("fr") is None
 
     with_defaults = config.model_copy(update={"use_whisperx_defaults": True}).languages()
     assert with_defaults["en"] == "/models/en"  # configured models win
