@@ -200,24 +200,22 @@ class AsrDeployment(ModelReplica[AsrDeploymentConfig, AsrConfig, AsrHolder]):
         return self._multilingual[source]
 
     async def _model_for(self, options: AsrOptions) -> str:
-        """The model id a request runs on: the one it names, else the default (or, for a translation
-        with an English-only default, the configured translation model)."""
+        """The model id a request runs on: the one it names, else the default; a translation that names
+        no model and whose default is English-only goes to the configured translation model."""
         config = self.config
-        if options.model is not None:
-            if options.model not in config.models:
-                raise UnknownModel(f"unknown model {options.model!r}; this server offers "
-                                   f"{', '.join(sorted(config.models))} (or an alias listed by GET /v1/models)",
-                                   param="model")
-            return options.model
-        if options.task == "translate" and not await self._is_multilingual(config.default_model):
-            if config.translation_model is not None:
-                return config.translation_model
-            others = sorted(set(config.models) - {config.default_model})
-            hint = f"name a multilingual one: model={' or model='.join(others)}" if others else \
-                "this server offers no multilingual model"
-            raise BadRequest(f"the default model {config.default_model} is English-only and cannot translate; "
-                             f"{hint}", param="model")
-        return config.default_model
+        if options.model is not None and options.model not in config.models:
+            raise UnknownModel(f"unknown model {options.model!r}; this server offers "
+                               f"{', '.join(sorted(config.models))} (or an alias listed by GET /v1/models)",
+                               param="model")
+        model_id = options.model or config.default_model
+        if options.task != "translate" or await self._is_multilingual(model_id):
+            return model_id
+        if options.model is None and config.translation_model is not None:
+            return config.translation_model
+        others = sorted(set(config.models) - {model_id})
+        hint = f"name a multilingual one: model={' or model='.join(others)}" if others else \
+            "this server offers no multilingual model"
+        raise BadRequest(f"the model {model_id} is English-only and cannot translate; {hint}", param="model")
 
     async def transcribe(self, audio: np.ndarray, options: AsrOptions) -> AsrResult:
         model_id = await self._model_for(options)

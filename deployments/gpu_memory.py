@@ -58,17 +58,14 @@ class TeardownReport:
     before: MemorySample
     after: MemorySample
     seconds: float
+    # Memory other models in this process took (+) or gave back (-) between this model's load and its
+    # teardown: another model loaded later and still held is not this model's residue.
+    others_bytes: int = 0
 
     @property
     def residue_bytes(self) -> int:
-        """What the load added and the teardown did not give back.
-
-        Measured as a difference of differences, not as `after - baseline`: other models in the same
-        process may have been loaded (or unloaded) between this model's load and its teardown, and
-        they are not this model's residue.
-        """
-        added = self.loaded.primary_bytes - self.baseline.primary_bytes
-        return added - self.freed_bytes
+        """What is left above the pre-load baseline once other models' memory is accounted for."""
+        return self.after.primary_bytes - self.baseline.primary_bytes - self.others_bytes
 
     @property
     def freed_bytes(self) -> int:
@@ -85,6 +82,7 @@ class TeardownReport:
             "after": asdict(self.after),
             "residue_bytes": self.residue_bytes,
             "freed_bytes": self.freed_bytes,
+            "others_bytes": self.others_bytes,
             "seconds": round(self.seconds, 3),
         }
 
@@ -222,7 +220,7 @@ def _return_freed_heap_to_os() -> None:
 
 
 def teardown(model: str, device: str, drop_references: Callable[[], None], baseline: MemorySample,
-             loaded: MemorySample) -> TeardownReport:
+             loaded: MemorySample, others_bytes: int = 0) -> TeardownReport:
     """Release a model and measure what came back.
 
     `drop_references` must unload what the library can unload (CTranslate2's `unload_model()`)
@@ -230,6 +228,7 @@ def teardown(model: str, device: str, drop_references: Callable[[], None], basel
     garbage collection breaks reference cycles (torch modules and pipelines have them) and one
     `empty_cache()` hands torch's cached blocks back to the driver. Repeating either frees nothing
     more: what is left after this is held by something still referenced, or is the CUDA context.
+    `others_bytes` is what other models' loads and unloads changed since this model's load.
     """
     before = measure(device)
     started = time.perf_counter()
@@ -241,6 +240,6 @@ def teardown(model: str, device: str, drop_references: Callable[[], None], basel
     _return_freed_heap_to_os()
     after = measure(device)
     report = TeardownReport(model=model, device=device, baseline=baseline, loaded=loaded, before=before,
-                            after=after, seconds=time.perf_counter() - started)
+                            after=after, seconds=time.perf_counter() - started, others_bytes=others_bytes)
     logger.info(report.summary())
     return report

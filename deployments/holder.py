@@ -80,6 +80,9 @@ class ModelHolder(Generic[ConfigT, ModelT]):
         self.model: ModelT | None = None
         self.baseline: MemorySample | None = None
         self.loaded: MemorySample | None = None
+        # What other models in the process took (+) or gave back (-) since this model loaded; kept by
+        # whoever loads them beside this one (deployments/pool.py), so a teardown judges only its own.
+        self.others_bytes = 0
         self.last_teardown: TeardownReport | None = None
         self._closed = False
         try:
@@ -139,9 +142,9 @@ class ModelHolder(Generic[ConfigT, ModelT]):
             # in every baseline, not in a model's residue.
             self.import_libraries()
             gpu_memory.prepare_device(device, config.gpu_memory_fraction)
-        # Sampled before each load: the residue of this model is judged against what it added, even
-        # when other models in the process were loaded or unloaded in between.
+        # Sampled before each load, so the baseline holds every model already loaded beside this one.
         self.baseline = gpu_memory.measure(device)
+        self.others_bytes = 0
         gpu_memory.require_free(device, config.required_free_mib, self.model_name(config))
         self.model = self.load_model(config)
         self.config = config
@@ -160,7 +163,7 @@ class ModelHolder(Generic[ConfigT, ModelT]):
             self.release_model(held.pop())
 
         report = gpu_memory.teardown(self.model_name(self.config), self.device_of(self.config),
-                                     drop_references, self.baseline, self.loaded)
+                                     drop_references, self.baseline, self.loaded, self.others_bytes)
         self.last_teardown = report
         return report
 

@@ -91,6 +91,7 @@ class ModelPool(Generic[SpecT, HolderT]):
                     while len(self._holders) >= max(self.max_loaded, 1):
                         await self._unload(next(iter(self._holders)), "evicted")
                     holder = await asyncio.to_thread(self._factory, spec)
+                    self._account(holder, _added_bytes(holder))
                     self._holders[key] = holder
                     self._specs[key] = spec
         self._holders.move_to_end(key)
@@ -107,14 +108,21 @@ class ModelPool(Generic[SpecT, HolderT]):
         holder = self._holders.pop(key)
         self._specs.pop(key, None)
         self._last_used_s.pop(key, None)
+        logger.info("unloading %s (%s)", key, reason)  # the teardown logs its measured report
         # close() waits on the holder's own thread for calls already queued, then tears down.
         report = await asyncio.to_thread(holder.close)
+        self._account(holder, -report.freed_bytes if report else 0)
         self._remember(key, reason, report)
+
+    def _account(self, changed: HolderT, delta_bytes: int) -> None:
+        """Tell every other holder what a load or an unload beside it changed in the process's memory."""
+        for holder in self._holders.values():
+            if holder is not changed:
+                holder.others_bytes += delta_bytes
 
     def _remember(self, key: str, reason: UnloadReason, report: TeardownReport | None) -> None:
         self.unloads.append(Unload(key, reason, time.time(), report))
         self.unload_counts[reason] += 1
-        logger.info("%s %s: %s", reason, key, report.summary() if report else "nothing was loaded")
 
     async def unload_idle(self) -> None:
         """Unload every model unused for longer than `idle_unload_s` (pinned ones stay)."""
@@ -140,7 +148,8 @@ class ModelPool(Generic[SpecT, HolderT]):
                 holder = self._holders[key]
                 report = await asyncio.to_thread(holder.reconfigure, specs[key])
                 self._specs[key] = specs[key]
-                if report is not None:
+                if report is not None:  # swapped: the old model's memory went, the new one's came
+                    self._account(holder, _added_bytes(holder) - report.freed_bytes)
                     self._remember(key, "replaced", report)
             # New (max_loaded, idle_unload_s) and pinned keys, if given, apply once every swap succeeded.
             if bounds is not None:
@@ -154,7 +163,9 @@ class ModelPool(Generic[SpecT, HolderT]):
         """Tear every model down (replica shutdown); blocking, safe to call twice."""
         while self._holders:
             key, holder = self._holders.popitem(last=False)
-            self._remember(key, "shutdown", holder.close())
+            report = holder.close()
+            self._account(holder, -report.freed_bytes if report else 0)
+            self._remember(key, "shutdown", report)
 
     # --- health and status -------------------------------------------------------------------
 
@@ -189,3 +200,10 @@ class ModelPool(Generic[SpecT, HolderT]):
             if unload.report is not None:
                 return unload.report
         return None
+
+
+def _added_bytes(holder: ModelHolder) -> int:
+    """What the holder's last load added to the process's memory."""
+    if holder.loaded is None or holder.baseline is None:
+        return 0
+    return holder.loaded.primary_bytes - holder.baseline.primary_bytes

@@ -58,7 +58,8 @@ CASES = {
                       "diarise"),
     "translate on an English-only model": (
         lambda c: c.post("/v1/audio/translations", data={"model": "tiny.en"},
-                         files={"file": ("a.wav", paragraph_wav())}), 400, ["cannot translate"], "model"),
+                         files={"file": ("a.wav", paragraph_wav())}), 400,
+        ["tiny.en is English-only and cannot translate", "model=base"], "model"),
 }
 
 
