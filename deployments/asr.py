@@ -145,13 +145,15 @@ class AsrHolder(ModelHolder[AsrConfig, Any]):
         language = self._check_language(options.language, options.task)
         # whisperX's VAD hands the array to torch, which wants writeable memory; arrays from Ray's
         # object store are read-only views.
-        audio = np.array(audio, dtype=np.float32) if not audio.flags.writeable else audio
+        audio = np.asarray(audio, dtype=np.float32)
+        if not audio.flags.writeable:
+            audio = audio.copy()
         config = self.config
         chunks = whisper_decode.speech_chunks(pipeline.vad_model, audio, chunk_size_s=config.chunk_size_s,
                                               onset=config.vad_onset, offset=config.vad_offset)
         language = language or whisper_decode.detect_language(pipeline, audio, chunks)
         settings = whisper_decode.DecodeSettings(
-            task=options.task, language=language, prompt=options.prompt, beam_size=config.beam_size,
+            task=options.task, prompt=options.prompt, beam_size=config.beam_size,
             temperature=options.temperature, batch_size=config.batch_size, word_timestamps=options.word_timestamps)
         decoded = whisper_decode.decode(pipeline, audio, chunks, language, settings)
         segments = tuple(

@@ -45,7 +45,6 @@ class DecodeSettings:
     """How one request's chunks are decoded."""
 
     task: Literal["transcribe", "translate"] = "transcribe"
-    language: str | None = None  # None: detected on the first chunk
     prompt: str | None = None
     beam_size: int = 5
     temperature: float | None = None  # None or 0: beam search; above 0: sampling at that temperature
@@ -128,12 +127,13 @@ def decode(pipeline: Any, audio: np.ndarray, chunks: Sequence[SpeechChunk], lang
         features = _features(pipeline, clips)
         encoder_output = model.encode(features)
         results = model.model.generate(encoder_output, [prompt] * len(batch), max_length=model.max_length,
-                                       return_scores=True, **_search(settings))
+                                       return_scores=True, **_search(pipeline.options, settings))
         texts = []
         for chunk, result in zip(batch, results, strict=True):
             tokens = [t for t in result.sequences_ids[0] if t < tokenizer.eot]
             length = len(result.sequences_ids[0])
-            avg_logprob = result.scores[0] * length / (length + 1)  # whisperX's figure (length_penalty 1)
+            # whisperX's figure: the cumulative log-probability over the tokens and the end token.
+            avg_logprob = result.scores[0] * length ** pipeline.options.length_penalty / (length + 1)
             text = tokenizer.decode(tokens)
             texts.append(DecodedChunk(chunk, text, tuple(tokens), float(avg_logprob),
                                       start_s=chunk.start_s, end_s=chunk.end_s))
@@ -144,10 +144,13 @@ def decode(pipeline: Any, audio: np.ndarray, chunks: Sequence[SpeechChunk], lang
     return decoded
 
 
-def _search(settings: DecodeSettings) -> dict[str, Any]:
-    """CTranslate2 search options: whisperX's beam search, or sampling when a temperature is asked."""
-    common = {"patience": 1.0, "length_penalty": 1.0, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
-              "suppress_blank": True, "suppress_tokens": [-1]}
+def _search(options: Any, settings: DecodeSettings) -> dict[str, Any]:
+    """CTranslate2 search options: the ones whisperX's pipeline was loaded with (its TranscriptionOptions,
+    as its own batched decode passes them), with beam search or, when a temperature is asked, sampling."""
+    common = {"patience": options.patience, "length_penalty": options.length_penalty,
+              "repetition_penalty": options.repetition_penalty,
+              "no_repeat_ngram_size": options.no_repeat_ngram_size, "suppress_blank": options.suppress_blank,
+              "suppress_tokens": options.suppress_tokens}
     if settings.temperature:
         # CTranslate2 samples only with beam_size 1; top-k 0 samples from the whole distribution.
         return {**common, "beam_size": 1, "sampling_topk": 0, "sampling_temperature": settings.temperature}
