@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 report: TeardownReport | None = holder.close()
                 assert report is not None
                 for what, sample in (("baseline", report.baseline), ("loaded", report.loaded),
-                                     ("after", report.after)):
+                                     ("before", report.before), ("after", report.after)):
                     print(_row(name, cycle, what, sample))
                 residue = report.residue_bytes / MIB
                 worst = max(worst, residue)
