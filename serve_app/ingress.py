@@ -18,6 +18,8 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.schema import ReplicaState
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 from core.errors import (
     BadRequest,
@@ -38,6 +40,17 @@ logger = logging.getLogger(__name__)  # under serve_app: routed into Serve's rep
 
 api = FastAPI(title="Transcription service", version="0.1.0",
               description="Speech to text with word timings and speakers; OpenAI-compatible audio API.")
+
+
+
+@api.exception_handler(HTTPException)
+async def _http_error(_request: Request, error: HTTPException) -> JSONResponse:
+    """FastAPI's own errors (an unknown route, a method a route does not take) in OpenAI's shape too."""
+    message = {404: "no such route; see the API reference", 405: "method not allowed on this route"}.get(
+        error.status_code, str(error.detail))
+    return JSONResponse(error_body(message, "invalid_request_error"), status_code=error.status_code,
+                        headers=getattr(error, "headers", None))
+
 
 _MIB = 1024 * 1024
 WARNING_HEADER = "x-transcription-warnings"
@@ -61,7 +74,7 @@ def error_response(error: BaseException, request_id: str) -> JSONResponse:
     elif isinstance(error, DeploymentUnavailableError):  # no replica of a model deployment right now
         error = ModelUnavailable("a model deployment has no replica running; retry after the delay in "
                                  "Retry-After")
-    headers = {"x-request-id": request_id}
+    headers: dict[str, str] = {}  # Serve's proxy adds x-request-id to every response itself
     if isinstance(error, ServiceError):
         if isinstance(error, ModelUnavailable):
             headers["Retry-After"] = str(error.retry_after_s)
@@ -109,7 +122,12 @@ async def _parse_form(request: Request, body: bytes, task: str) -> tuple[Transcr
     async def replay() -> dict[str, Any]:
         return {"type": "http.request", "body": body, "more_body": False}
 
-    form = await Request(request.scope, receive=replay).form(max_files=1, max_fields=64)
+    try:
+        form = await Request(request.scope, receive=replay).form(max_files=1, max_fields=64)
+    except (HTTPException, MultiPartException) as e:  # Starlette's own 400s: no boundary, too many parts...
+        reason = e.detail if isinstance(e, HTTPException) else e.message
+        raise BadRequest(f"the multipart form could not be read: {reason}; send one 'file' part and text "
+                         "fields only") from None
     upload = form.get("file")
     if not isinstance(upload, UploadFile):
         raise ValidationFailed("missing file: send the audio or video as a multipart field named 'file'",
@@ -124,6 +142,8 @@ async def _parse_form(request: Request, body: bytes, task: str) -> tuple[Transcr
             fields.setdefault(_LIST_FIELDS[key], []).append(value)
         elif key == "task":
             raise BadRequest("the task follows from the route; do not send a 'task' field", param="task")
+        elif key in fields:
+            raise BadRequest(f"field {key!r} was sent more than once; send it once", param=key)
         else:
             fields[key] = value
     try:
@@ -217,7 +237,7 @@ class TranscriptionIngress:
             return error_response(e, request_id)
         logger.info("request %s: %s %.1f s of audio, %s, %.2f s", request_id, task, transcript.duration_s,
                     parsed.response_format, time.perf_counter() - started)
-        headers = {"x-request-id": request_id}
+        headers: dict[str, str] = {}  # Serve's proxy adds x-request-id to every response itself
         if decoded.warnings:
             # Every format carries them here, subtitles and plain text included; JSON bodies also
             # list them under "warnings".

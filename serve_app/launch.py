@@ -125,8 +125,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         url = deploy(load_config(options.config))
-        # After Ray starts: its core worker installs a SIGTERM handler that exits at once.
+        # After Ray starts: its core worker installs a SIGTERM handler that exits at once. SIGINT too,
+        # explicitly: a process started from a background job (nohup, `cmd &` in a script) inherits
+        # SIGINT as ignored, and Python then installs no KeyboardInterrupt handler of its own.
         signal.signal(signal.SIGTERM, _shutdown)
+        signal.signal(signal.SIGINT, _shutdown)
         print(f"\nTranscription service is up: {url}/v1/audio/transcriptions  (models: {url}/v1/models)",
               flush=True)
         print("Stop with Ctrl+C.", flush=True)

@@ -27,7 +27,8 @@ class TranscriptionRequest(BaseModel):
     language: str | None = Field(None, description="ISO 639-1 code of the spoken language; detected if absent")
     prompt: str | None = Field(None, max_length=2000, description="text to condition the decoder on")
     response_format: ResponseFormat = "json"
-    temperature: float | None = Field(None, ge=0.0, le=1.0, description="sampling temperature, 0 to 1")
+    temperature: float | None = Field(None, ge=0.0, le=1.0, allow_inf_nan=False,
+                                      description="sampling temperature, 0 to 1")
     timestamp_granularities: list[Granularity] = Field(
         default_factory=lambda: ["segment"],  # type: ignore[arg-type]
         description="word and/or segment (verbose_json only)")
@@ -38,7 +39,8 @@ class TranscriptionRequest(BaseModel):
     align: bool = Field(True, description="refine word timings with a wav2vec2 alignment model where one "
                         "exists for the language; otherwise Whisper's own word timings are used")
     max_line_chars: int | None = Field(None, ge=10, le=200, description="subtitle characters per line (srt/vtt)")
-    max_cue_duration_s: float | None = Field(None, ge=0.5, le=60, description="longest subtitle cue, seconds")
+    max_cue_duration_s: float | None = Field(None, ge=0.5, le=60, allow_inf_nan=False,
+                                             description="longest subtitle cue, seconds")
 
     @field_validator("language")
     @classmethod

@@ -43,9 +43,12 @@ def test_serve_command_shuts_down_cleanly(tmp_path, stop_signal):
     config_path.write_text(yaml.safe_dump(config))
     log_path = tmp_path / "serve.log"
     with log_path.open("w") as log:
+        # Started as from a background job (nohup, `cmd &` in a script, some CI runners): SIGINT is
+        # inherited as ignored, so the command must install its own Ctrl+C handler.
         process = subprocess.Popen([sys.executable, "-m", "serve_app.launch", str(config_path)], cwd=ROOT,
                                    stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"})
+                                   env={**os.environ, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"},
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     try:
         deadline = time.monotonic() + 600
         while "Transcription service is up" not in log_path.read_text():

@@ -199,6 +199,72 @@ def test_a_translation_the_default_cannot_do_names_the_model_that_can(client):
     assert "model=base" in response.json()["error"]["message"]
 
 
+# --- malformed requests: a 4xx in OpenAI's shape with the reason, never a 500 -------------------------
+
+
+def openai_error(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    return error["message"]
+
+
+def post_multipart(client: httpx.Client, body: bytes, content_type: str) -> httpx.Response:
+    return client.post("/v1/audio/transcriptions", content=body, headers={"content-type": content_type})
+
+
+def multipart(*parts: tuple[str, str | None, bytes], boundary: str = "b0undary") -> bytes:
+    """A multipart body built by hand: (field name, filename or None, content) per part."""
+    out = b""
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode()
+
+
+@pytest.mark.parametrize(("parts", "content_type", "reason"), [
+    ([("file", "a.wav", WAV), ("file", "b.wav", WAV), ("model", None, b"whisper-1")],
+     "multipart/form-data; boundary=b0undary", "Too many files"),
+    ([("file", "a.wav", WAV), ("model", "model.txt", b"whisper-1")],
+     "multipart/form-data; boundary=b0undary", "Too many files"),
+    ([("file", "a.wav", WAV)] + [(f"field{i}", None, b"x") for i in range(70)],
+     "multipart/form-data; boundary=b0undary", "Too many fields"),
+    ([("file", "a.wav", WAV)], "multipart/form-data", "could not be read"),
+    ([("file", "a.wav", WAV)], "multipart/form-data; boundary=other", "Invalid multipart data"),
+    ([("file", "a" * 10_000 + ".wav", WAV)], "multipart/form-data; boundary=b0undary", "Invalid multipart data"),
+], ids=["two-files", "model-as-file", "71-fields", "no-boundary", "wrong-boundary", "10000-char-filename"])
+def test_a_malformed_multipart_form_is_a_400_with_the_parsers_reason(client, parts, content_type, reason):
+    response = post_multipart(client, multipart(*parts), content_type)
+    message = openai_error(response, 400)
+    assert reason in message and "could not be read" in message, message
+    assert transcribe(client).status_code == 200, "the service stays healthy"
+
+
+def test_a_duplicated_single_valued_field_is_refused(client):
+    response = client.post("/v1/audio/transcriptions", data={"model": ["whisper-1", "base"]},
+                           files={"file": ("a.wav", WAV)})
+    assert "'model' was sent more than once" in openai_error(response, 400)
+
+
+@pytest.mark.parametrize("field", ["temperature", "max_cue_duration_s"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_a_number_that_is_not_finite_is_named_so(client, field, value):
+    assert "finite number" in openai_error(transcribe(client, **{field: value}), 400)
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", "/v1/audio/transcriptions", 405), ("PUT", "/v1/audio/translations", 405),
+    ("GET", "/v1/no/such/route", 404),
+])
+def test_unknown_routes_and_methods_answer_in_openai_shape(client, method, path, status):
+    openai_error(client.request(method, path), status)
+
+
+def test_every_response_carries_one_request_id(client):
+    for response in (transcribe(client), transcribe(client, language="xx"), client.get("/v1/models")):
+        assert len(response.headers.get_list("x-request-id")) == 1, response.headers
+
+
 # --- config updates -------------------------------------------------------------------------------
 
 

@@ -38,7 +38,7 @@ def test_service_errors_map_to_their_status_in_openai_shape(error, status):
     err = body(response)["error"]
     assert err["message"] == error.message and err["param"] == error.param
     assert err["type"] == ("server_error" if status >= 500 else "invalid_request_error")
-    assert response.headers["x-request-id"] == "req_1"
+    assert "x-request-id" not in response.headers, "Serve's proxy adds it; a second copy would repeat it"
 
 
 def test_unavailable_tells_the_client_when_to_retry():
