@@ -190,7 +190,7 @@ def _decode(data: bytes, max_duration_s: float) -> tuple[dict[str, Any], bytearr
             message = _too_long_message(f"audio is {declared_s:.1f} s long", max_duration_s)
             raise _Rejected("too_long", message)
 
-        damage = _Damage()
+        damage = _Damage(audio_streams=len(container.streams.audio))
         pcm = _decode_stream(container, stream, max_duration_s, damage)
         if not pcm:
             raise _Rejected(
@@ -198,6 +198,16 @@ def _decode(data: bytes, max_duration_s: float) -> tuple[dict[str, Any], bytearr
                 "no audio could be decoded from the file; it may be corrupt or truncated. "
                 "Check that it plays, or re-encode it as WAV, MP3 or FLAC",
             )
+        formats = container.format.name.split(",")
+        if "wav" in formats:
+            # FFmpeg takes a WAV's length from the bytes present; the data chunk says what was sent.
+            declared_s = _wav_declared_duration_s(data) or declared_s
+        if "ogg" in formats:
+            # FFmpeg's Ogg duration is the last page present's position: no header declares one.
+            declared_s = None
+            damage.cut_off = _ogg_cut_off(data)
+        if damage.audio_streams > 1:
+            damage.first_silent = _is_silent(pcm)
         header = {
             "ok": True,
             "container": container.format.name,
@@ -216,20 +226,135 @@ class _Damage:
 
     skipped_packets: int = 0
     read_error: bool = False
+    cut_off: bool = False
+    """The container's own structure shows the end is missing (an Ogg stream without its last page)."""
+    non_finite: int = 0
+    """Decoded sample values that were NaN or infinite, replaced by 0."""
+    audio_streams: int = 1
+    first_silent: bool = False
+    """The first audio stream, the one used, decoded to digital silence (set only when others exist)."""
 
     def warnings(self, declared_s: float | None, decoded_s: float) -> list[str]:
         out = []
-        # Containers that store the length (MP3's Xing header, FLAC's STREAMINFO) reveal a cut end;
-        # WAV and Ogg derive it from the bytes present, so only a read error shows there.
+        # Headers that store the length (MP3's Xing header, FLAC's STREAMINFO, WAV's data chunk
+        # size) reveal a cut end; Ogg stores none, but its last page must be flagged end-of-stream.
         short_by_s = 0.0 if declared_s is None else declared_s - decoded_s
-        if self.read_error or short_by_s > max(DURATION_SLACK_S, 0.02 * (declared_s or 0.0)):
+        if (
+            self.read_error
+            or self.cut_off
+            or short_by_s > max(DURATION_SLACK_S, 0.02 * (declared_s or 0.0))
+        ):
             of_declared = f" of the {declared_s:.1f} s its header declares" if short_by_s > 0 else ""
             out.append(f"the file is truncated or damaged: only the first {decoded_s:.1f} s{of_declared} "
                        f"could be decoded, and the transcript covers only that")
         if self.skipped_packets:
             out.append(f"{self.skipped_packets} damaged audio packet(s) could not be decoded and were "
                        f"skipped; the transcript has gaps there")
+        if self.non_finite:
+            out.append(f"{self.non_finite} samples were not finite numbers and were silenced")
+        if self.audio_streams > 1:
+            out.append(f"the file has {self.audio_streams} audio streams; the first was used")
+            if self.first_silent:
+                out.append("the first audio stream is silent (digital silence, below -90 dBFS), so the "
+                           "transcript is empty; if the sound is in another stream, remux the file to "
+                           "keep only that stream (e.g. ffmpeg -i FILE -map 0:a:1 -c copy out.mka) and "
+                           "upload it again")
         return out
+
+
+_QUIET_TOP_BYTES = bytes(byte for byte in range(256) if byte & 0x7F < 0x38)
+"""Most significant bytes of the float32 values x with |x| < 2^-15 (-90.3 dBFS): see `_is_silent`."""
+
+_FLOAT_FORMATS = frozenset({"flt", "fltp", "dbl", "dblp"})
+
+
+def _wav_declared_duration_s(data: bytes) -> float | None:
+    """The length (s) a RIFF WAV's data chunk size declares, or None when the header declares none.
+
+    Streaming writers leave the size at 0 or 0xFFFFFFFF until they finish: that declares nothing.
+    """
+    import struct
+
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    byte_rate = 0
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk_id, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if chunk_id == b"fmt " and size >= 12 and pos + 20 <= len(data):
+            (byte_rate,) = struct.unpack_from("<I", data, pos + 16)  # average bytes per second
+        elif chunk_id == b"data":
+            if not byte_rate or size in (0, 0xFFFFFFFF):
+                return None
+            return size / byte_rate
+        pos += 8 + size + (size & 1)  # chunks are padded to an even size
+    return None
+
+
+def _ogg_cut_off(data: bytes) -> bool:
+    """Whether an Ogg file ends before each of its logical streams' end-of-stream page.
+
+    Ogg has no length in any header (a player reads it from the last page), so a file cut at any
+    point otherwise looks complete. Bytes that are not pages are skipped, as demuxers resynchronise.
+    """
+    open_streams: set[int] = set()
+    pos = data.find(b"OggS")
+    while pos != -1:
+        if pos + 27 > len(data):
+            return True
+        header_type = data[pos + 5]
+        serial = int.from_bytes(data[pos + 14 : pos + 18], "little")
+        segments = data[pos + 26]
+        table = data[pos + 27 : pos + 27 + segments]
+        end = pos + 27 + segments + sum(table)
+        if len(table) < segments or end > len(data):
+            return True  # the last page is cut off
+        if header_type & 0x04:  # end of stream
+            open_streams.discard(serial)
+        else:
+            open_streams.add(serial)
+        pos = data.find(b"OggS", end)
+    return bool(open_streams)
+
+
+def _silence_non_finite(frame: av.AudioFrame) -> int:
+    """Replace NaN and infinite samples of a float `frame` by 0 in place; return how many there were.
+
+    Done before resampling, whose filter would smear each NaN over its neighbours. A float whose
+    exponent bits are all ones is NaN or infinite, so only planes whose most significant bytes
+    include 0x7F or 0xFF (|x| >= 2^127, never in real audio) are looked at sample by sample.
+    """
+    import math
+
+    size = frame.format.bytes
+    top = size - 1 if sys.byteorder == "little" else 0
+    per_plane = frame.samples * (1 if frame.format.is_planar else frame.layout.nb_channels) * size
+    count = 0
+    for plane in frame.planes:
+        with memoryview(plane) as buffer, buffer[:per_plane] as view:
+            tops = bytes(view[top::size])
+            if b"\x7f" not in tops and b"\xff" not in tops:
+                continue
+            with view.cast("f" if size == 4 else "d") as values:
+                for i, value in enumerate(values):
+                    if not math.isfinite(value):
+                        values[i] = 0.0
+                        count += 1
+    return count
+
+
+def _is_silent(pcm: bytearray) -> bool:
+    """Whether the decoded float32 samples are digital silence: every |x| below 2^-15 (-90.3 dBFS).
+
+    Read from the most significant byte of each sample (sign and the exponent's top 7 bits), which
+    is below 0x38 exactly when |x| < 2^-15: a C-speed scan, a megabyte at a time.
+    """
+    top = BYTES_PER_SAMPLE - 1 if sys.byteorder == "little" else 0
+    step = 1 << 20
+    for start in range(0, len(pcm), step):
+        if pcm[start + top : start + step : BYTES_PER_SAMPLE].translate(None, _QUIET_TOP_BYTES):
+            return False
+    return True
 
 
 def _declared_duration_s(container: av.container.InputContainer, stream: av.AudioStream) -> float | None:
@@ -272,6 +397,8 @@ def _decode_stream(
     for frame in _frames(container, stream, damage):
         if frame.sample_rate <= 0 or frame.samples <= 0:
             continue
+        if frame.format.name in _FLOAT_FORMATS:
+            damage.non_finite += _silence_non_finite(frame)
         decoded_s += frame.samples / frame.sample_rate
         if decoded_s > limit_s:
             raise _Rejected(

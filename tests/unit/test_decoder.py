@@ -29,7 +29,10 @@ from tests.unit.tone_media import (
     encode_audio,
     encode_video,
     flac_declaring,
+    float_wav,
     mp3_with_cover_art,
+    two_audio_streams,
+    wav_declaring_unknown_length,
 )
 
 # ----------------------------------------------------------------------------------------------
@@ -183,12 +186,66 @@ async def test_damaged_packets_are_skipped_and_counted():
                                 "transcript has gaps there",)
 
 
-async def test_a_file_whose_length_comes_from_its_size_is_not_called_truncated():
-    # A cut WAV declares no more than the bytes present hold: nothing is known to be missing.
+async def test_a_cut_wav_is_flagged_from_the_length_its_data_chunk_declares():
+    # FFmpeg derives a WAV's duration from the bytes present, but the data chunk's size in the
+    # header still says how long the whole file was.
     wav = encode_audio("wav", "pcm_s16le", seconds=4.0)
     decoded = await decode_audio(wav[: len(wav) // 2], max_duration_s=LIMIT_S)
 
+    assert 1.9 < decoded.duration_s < 2.1
+    (warning,) = decoded.warnings
+    assert "truncated or damaged" in warning and f"first {decoded.duration_s:.1f} s" in warning
+    assert "of the 4.0 s its header declares" in warning
+
+
+async def test_a_cut_wav_whose_header_declares_no_length_is_not_called_truncated():
+    # Streaming writers leave the data chunk size at 0xFFFFFFFF: nothing is known to be missing.
+    wav = wav_declaring_unknown_length(encode_audio("wav", "pcm_s16le", seconds=4.0))
+    decoded = await decode_audio(wav[: len(wav) // 2], max_duration_s=LIMIT_S)
+
     assert 1.9 < decoded.duration_s < 2.1 and decoded.warnings == ()
+
+
+@pytest.mark.parametrize("cut", ["mid-page", "at-a-page-boundary"])
+async def test_a_cut_ogg_is_flagged_because_its_last_page_does_not_end_the_stream(cut):
+    # Ogg declares no length (FFmpeg reads it from the last page present), but a complete stream
+    # ends with a page flagged end-of-stream; a cut one does not.
+    ogg = encode_audio("ogg", "libopus", seconds=10.0, rate=48000)
+    end = len(ogg) // 2 if cut == "mid-page" else ogg.rindex(b"OggS", 0, len(ogg) // 2)
+    decoded = await decode_audio(ogg[:end], max_duration_s=LIMIT_S)
+
+    assert 4.0 < decoded.duration_s < 5.5
+    (warning,) = decoded.warnings
+    assert "truncated or damaged" in warning and f"first {decoded.duration_s:.1f} s" in warning
+    assert "its header declares" not in warning
+
+
+async def test_samples_that_are_not_finite_are_silenced_and_counted():
+    tone = np.full(32_000, 0.25, np.float32)
+    tone[1000:1010] = np.nan
+    tone[20_000:20_003] = [np.inf, -np.inf, np.nan]
+    decoded = await decode_audio(float_wav(tone), max_duration_s=LIMIT_S)
+
+    assert np.isfinite(decoded.samples).all() and len(decoded.samples) == 32_000
+    assert (decoded.samples[1000:1010] == 0).all() and (decoded.samples[20_000:20_003] == 0).all()
+    assert decoded.samples[:1000] == pytest.approx(0.25) and decoded.samples[1010:20_000] == pytest.approx(0.25)
+    assert decoded.warnings == ("13 samples were not finite numbers and were silenced",)
+
+
+async def test_other_audio_streams_are_named_when_the_first_is_used():
+    decoded = await decode_audio(two_audio_streams(first_silent=False), max_duration_s=LIMIT_S)
+
+    assert_tone(decoded, seconds=2.0)
+    assert decoded.warnings == ("the file has 2 audio streams; the first was used",)
+
+
+async def test_a_silent_first_audio_stream_is_called_out_when_another_exists():
+    decoded = await decode_audio(two_audio_streams(first_silent=True), max_duration_s=LIMIT_S)
+
+    assert decoded.duration_s == pytest.approx(2.0, abs=0.003) and not decoded.samples.any()
+    first, silent = decoded.warnings
+    assert first == "the file has 2 audio streams; the first was used"
+    assert "the first audio stream is silent" in silent and "remux" in silent
 
 
 # ----------------------------------------------------------------------------------------------
@@ -354,3 +411,12 @@ def test_the_child_imports_neither_the_parent_side_nor_numpy():
         [sys.executable, "-I", "-c", code, package_root], capture_output=True, text=True, timeout=30, check=True
     )
     assert result.stdout.split() == []
+
+
+@pytest.mark.parametrize(
+    ("peak", "silent"), [(0.0, True), (-0.0, True), (3e-5, True), (-3e-5, True), (3.2e-5, False), (0.5, False)]
+)
+def test_digital_silence_is_a_peak_below_minus_90_dbfs(peak, silent):
+    samples = np.zeros(300_000, np.float32)
+    samples[299_999] = peak  # past the first megabyte the check reads
+    assert decoder._is_silent(bytearray(samples.tobytes())) is silent

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import io
+import struct
 
 import av
 import numpy as np
@@ -135,3 +136,36 @@ def assert_says(error: pytest.ExceptionInfo[ServiceError], *phrases: str) -> Non
         assert phrase.lower() in message.lower(), message
     # No internals: no traceback, no FFmpeg error text, no path.
     assert not any(internal in message for internal in ("Traceback", "Errno", "/etc", "/tmp")), message
+
+
+def float_wav(samples: np.ndarray, *, rate: int = 16000) -> bytes:
+    """A mono IEEE-float32 WAV of `samples`, written by hand so that NaN and Inf go in unchanged."""
+    body = samples.astype("<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, rate, rate * 4, 4, 32)  # format 3: IEEE float
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(body)) + body
+    return b"RIFF" + struct.pack("<I", 4 + len(chunks)) + b"WAVE" + chunks
+
+
+def wav_declaring_unknown_length(wav: bytes) -> bytes:
+    """`wav` with its data chunk size set to 0xFFFFFFFF, as streaming writers leave it."""
+    data = bytearray(wav)
+    at = data.index(b"data")
+    data[at + 4 : at + 8] = b"\xff\xff\xff\xff"
+    return bytes(data)
+
+
+@functools.cache
+def two_audio_streams(*, first_silent: bool, seconds: float = 2.0) -> bytes:
+    """A Matroska file with two 16-bit PCM audio streams: the tone in the second, the first silent or the tone."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="matroska") as out:
+        first, first_frames = _encode_audio_into(out, "pcm_s16le", seconds, 16000, "mono")
+        second, second_frames = _encode_audio_into(out, "pcm_s16le", seconds, 16000, "mono")
+        if first_silent:
+            for frame in first_frames:
+                for plane in frame.planes:
+                    memoryview(plane)[:] = bytes(plane.buffer_size)
+        for stream, frames in ((first, first_frames), (second, second_frames)):
+            for frame in [*frames, None]:
+                out.mux(stream.encode(frame))
+    return buf.getvalue()
