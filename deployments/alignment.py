@@ -80,8 +80,13 @@ class AlignmentConfig(DeviceConfig):
     def spec_for(self, language: str) -> AlignmentModelSpec | None:
         """The holder config for `language`'s model, or None when this config aligns no such language."""
         model = self.languages().get(language)
-        if model is None:
-            return None
+        return None if model is None else self._spec(language, model)
+
+    def specs(self) -> dict[str, AlignmentModelSpec]:
+        """The holder config of every language this config aligns."""
+        return {language: self._spec(language, model) for language, model in self.languages().items()}
+
+    def _spec(self, language: str, model: str) -> AlignmentModelSpec:
         shared = self.model_dump(include=set(DeviceConfig.model_fields) | {"model_cache_dir", "nltk_data_dir"})
         return AlignmentModelSpec(language=language, model=model, **shared)
 
@@ -186,8 +191,10 @@ class AlignmentDeployment(ModelReplica[AlignmentConfig, AlignmentModelSpec, Alig
         super().__init__(holder_factory)
 
     def model_specs(self, config: AlignmentConfig) -> dict[str, AlignmentModelSpec]:
-        specs = {language: config.spec_for(language) for language in config.languages()}
-        return {language: spec for language, spec in specs.items() if spec is not None}
+        return config.specs()
+
+    def model_spec(self, config: AlignmentConfig, key: str) -> AlignmentModelSpec | None:
+        return config.spec_for(key)  # one language's spec, not all of whisperX's defaults per request
 
     def preloaded(self, config: AlignmentConfig) -> list[str]:
         return []  # a language's model loads when its first request comes
@@ -198,7 +205,7 @@ class AlignmentDeployment(ModelReplica[AlignmentConfig, AlignmentModelSpec, Alig
     async def align(self, audio: np.ndarray, segments: Sequence[Segment], language: str) -> list[Segment] | None:
         """The segments with wav2vec2 word times, or None when no model is configured for `language`."""
         code = language.strip().lower()
-        if code not in self.config.languages():
+        if self.model_spec(self.config, code) is None:
             return None
         return await self.call(code, "align", audio, segments)
 

@@ -188,6 +188,9 @@ class AsrDeployment(ModelReplica[AsrDeploymentConfig, AsrConfig, AsrHolder]):
     def model_specs(self, config: AsrDeploymentConfig) -> dict[str, AsrConfig]:
         return {model_id: config.spec_for(model_id) for model_id in config.models}
 
+    def model_spec(self, config: AsrDeploymentConfig, key: str) -> AsrConfig | None:
+        return config.spec_for(key) if key in config.models else None
+
     def preloaded(self, config: AsrDeploymentConfig) -> list[str]:
         return [config.default_model]
 

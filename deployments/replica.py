@@ -110,6 +110,10 @@ class ModelReplica(Generic[ConfigT, SpecT, HolderT]):
         """The models this config offers, by pool key; a single-model deployment offers itself."""
         return {SINGLE_MODEL: config}  # type: ignore[dict-item]
 
+    def model_spec(self, config: ConfigT, key: str) -> SpecT | None:
+        """The spec of one offered model, or None; a deployment offering many may find it directly."""
+        return self.model_specs(config).get(key)
+
     def preloaded(self, config: ConfigT) -> list[str]:
         """Keys loaded as soon as the config arrives, and never unloaded for being idle."""
         return [SINGLE_MODEL]
@@ -146,11 +150,11 @@ class ModelReplica(Generic[ConfigT, SpecT, HolderT]):
 
     async def call(self, key: str, method: str, *args: Any) -> Any:
         """Run `method` of the holder for `key`, loading it first if this replica does not hold it."""
-        specs = self.model_specs(self.config)
-        if key not in specs:
+        spec = self.model_spec(self.config, key)  # on every request: one spec, not all of them
+        if spec is None:
             raise ModelUnavailable(f"{type(self).__name__} offers no model {key!r}")
         try:
-            return await self._pool.call(key, specs[key], method, *args)
+            return await self._pool.call(key, spec, method, *args)
         finally:
             self._record()
 
