@@ -1,7 +1,7 @@
 """The request flow across the model deployments: ASR and diarization at once, then words, then speakers.
 
 Handles are Ray Serve `DeploymentHandle`s in production and plain fakes in unit tests: this module
-only calls `handle.method.remote(...)`, awaits the result, and `handle.options(...)` for routing.
+only calls `handle.method.remote(...)` and awaits (or cancels) the result.
 """
 
 from __future__ import annotations

@@ -31,27 +31,21 @@ class FakeMethod:
         self._handle, self._name, self._fn = handle, name, fn
 
     def remote(self, *args: Any) -> FakeResponse:
-        self._handle.calls.append((self._name, args, dict(self._handle.pending_options)))
+        self._handle.calls.append((self._name, args))
         self._handle.log.append(f"{self._name}:sent")
-        options, self._handle.pending_options = self._handle.pending_options, {}
-        response = FakeResponse(lambda: self._fn(*args, **options), self._handle.log, self._name)
+        response = FakeResponse(lambda: self._fn(*args), self._handle.log, self._name)
         self._handle.responses.append(response)
         return response
 
 
 class FakeHandle:
-    """`handle.method.remote(...)` and `handle.options(...).method.remote(...)` over plain functions."""
+    """`handle.method.remote(...)` over plain functions."""
 
     def __init__(self, log: list[str], **methods: Callable[..., Any]) -> None:
         self.log = log
-        self.calls: list[tuple[str, tuple, dict]] = []
+        self.calls: list[tuple[str, tuple]] = []
         self.responses: list[FakeResponse] = []
-        self.pending_options: dict[str, Any] = {}
         self._methods = methods
-
-    def options(self, **options: Any) -> FakeHandle:
-        self.pending_options = options
-        return self
 
     def __getattr__(self, name: str) -> FakeMethod:
         methods = self.__dict__.get("_methods", {})
