@@ -26,6 +26,7 @@ Environment:
                             where Whisper may rightly hear nothing)
     LOAD_TEST_TIMEOUT_S     per-request timeout in seconds (default 600)
     LOAD_TEST_MAX_RETRY_AFTER_S  cap on how long a shed user waits (default 30)
+    LOAD_TEST_SUMMARY_PATH  also write the closing summary (see `run_summary`) to this JSON file
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from types import ModuleType
 from typing import Any
 
 from locust import HttpUser, events, task
+from locust.stats import RequestStats, StatsEntry, StatsError
 
 logger = logging.getLogger("load_test")
 
@@ -152,6 +154,24 @@ def clip() -> Clip:
                     speakers=_env_int("LOAD_TEST_NUM_SPEAKERS", 2))
     return Clip("tone.wav", tone_with_noise(), "audio/wav", has_speech=False,
                 speakers=_env_int("LOAD_TEST_NUM_SPEAKERS"))
+
+
+def clip_seconds(c: Clip) -> float | None:
+    """The clip's duration in seconds: from the WAV header, else PyAV's demuxer; None if neither knows."""
+    try:
+        with wave.open(BytesIO(c.data)) as w:
+            return w.getnframes() / w.getframerate()
+    except (wave.Error, EOFError):
+        pass
+    try:
+        import av  # a service dependency, so in the project's venv; this file runs without it too
+    except ImportError:
+        return None
+    try:
+        with av.open(BytesIO(c.data), mode="r") as container:
+            return container.duration / av.time_base if container.duration else None
+    except (av.FFmpegError, OSError, ValueError):
+        return None
 
 
 def _env_int(name: str, default: int | None = None) -> int | None:
@@ -343,13 +363,61 @@ def _prepare(environment, **_kwargs) -> None:
                 c.filename, len(c.data), c.content_type, c.has_speech, c.speakers, require_text(c))
 
 
+def kind_of(name: str) -> str:
+    """A stats row's request kind: "/v1/audio/transcriptions [json] (shed)" -> "json (shed)"."""
+    prefix = f"{ROUTE} ["
+    return name.removeprefix(prefix).replace("]", "", 1) if name.startswith(prefix) else name
+
+
+def _row(kind: str, entry: StatsEntry) -> dict[str, Any]:
+    """Counts, response-time percentiles (ms) and requests/s of one stats entry."""
+    def pct(p: float) -> int | None:
+        return entry.get_response_time_percentile(p) if entry.num_requests else None
+
+    return {"kind": kind, "requests": entry.num_requests, "failures": entry.num_failures,
+            "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "rps": round(entry.total_rps, 3)}
+
+
+def run_summary(environment, c: Clip) -> dict[str, Any]:
+    """The finished run in one object: a row per request kind, the answered (not shed) requests together,
+    all requests together, each distinct failure, locustfile errors, and audio seconds transcribed per
+    wall second (successful answers x the clip's length / Locust's elapsed time).
+
+    Written at quit, once every request has ended: Locust's CSVs are snapshots taken every second and may
+    miss the last ones."""
+    stats: RequestStats = environment.runner.stats
+    served = StatsEntry(stats, "served", "")
+    for entry in stats.entries.values():
+        if not entry.name.endswith("(shed)"):
+            served.extend(entry)
+    kinds = sorted(stats.entries.values(), key=lambda e: (e.name.endswith("(shed)"), -e.num_requests))
+    shed = stats.total.num_requests - served.num_requests
+    succeeded = served.num_requests - served.num_failures
+    # Locust's own span for requests/s: from the start of the run to its last answer.
+    elapsed_s = (stats.total.last_request_timestamp or stats.total.start_time) - stats.total.start_time
+    clip_s = clip_seconds(c)
+    return {
+        "requests": stats.total.num_requests, "failures": stats.total.num_failures, "shed": shed,
+        "shed_ratio": round(shed / stats.total.num_requests, 4) if stats.total.num_requests else 0.0,
+        "succeeded": succeeded,
+        "kinds": [_row(kind_of(e.name), e) for e in kinds],
+        "served": _row("answered (not shed)", served),
+        "total": _row("all", stats.total),
+        "errors": [{"kind": kind_of(e.name), "error": StatsError.parse_error(e.error), "occurrences": e.occurrences}
+                   for e in stats.errors.values()],
+        "exceptions": [{"count": x["count"], "message": x["msg"]} for x in environment.runner.exceptions.values()],
+        "clip": c.filename, "clip_s": round(clip_s, 3) if clip_s else None, "elapsed_s": round(elapsed_s, 3),
+        "audio_s_per_s": round(succeeded * clip_s / elapsed_s, 3) if clip_s and elapsed_s > 0 else None,
+    }
+
+
 @events.quitting.add_listener
 def _summary(environment, **_kwargs) -> None:
-    stats = environment.runner.stats if environment.runner else None
-    if stats is None:
+    if environment.runner is None:
         return
-    shed = sum(e.num_requests for e in stats.entries.values() if e.name.endswith("(shed)"))
-    total = stats.total.num_requests
-    summary = {"requests": total, "failures": stats.total.num_failures, "shed": shed,
-               "shed_ratio": round(shed / total, 4) if total else 0.0}
-    logger.info("summary: %s", json.dumps(summary))
+    summary = run_summary(environment, clip())
+    brief = ("requests", "failures", "shed", "shed_ratio", "succeeded", "audio_s_per_s")
+    logger.info("summary: %s", json.dumps({k: summary[k] for k in brief}))
+    path = os.environ.get("LOAD_TEST_SUMMARY_PATH")
+    if path:
+        Path(path).write_text(json.dumps(summary, indent=2) + "\n")
