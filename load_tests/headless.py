@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 REPO = Path(__file__).resolve().parents[1]
 LOCUSTFILE = REPO / "load_tests" / "locustfile.py"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+ROUTE = "/v1/audio/transcriptions"
 START_UP_S = 60
 """Allowance on top of run time and drain for Locust's imports and the clip's synthesis."""
 
@@ -152,7 +153,8 @@ def read_run(out_dir: Path, exit_code: int, wall_s: float) -> LoadRun:
         failures = tuple(Failure(e["kind"], e["error"], e["occurrences"]) for e in summary["errors"])
         exceptions = tuple(f"{x['count']} x {x['message']}" for x in summary["exceptions"])
     else:
-        failures = tuple(Failure(r["Name"], r["Error"], int(r["Occurrences"]))
+        failures = tuple(Failure(r["Name"].removeprefix(f"{ROUTE} [").removesuffix("]"), r["Error"],
+                                 int(r["Occurrences"]))
                          for r in _csv(out_dir / "stats_failures.csv"))
         exceptions = tuple(f"{r['Count']} x {r['Message']}" for r in _csv(out_dir / "stats_exceptions.csv"))
     return LoadRun(

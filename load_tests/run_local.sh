@@ -48,11 +48,11 @@ fi
 mkdir -p "$out"
 echo "run_local.sh: $users users, spawn rate $spawn_rate/s, $run_time against $host; results in $out"
 status=0
-"$locust" -f load_tests/locustfile.py --headless \
+LOAD_TEST_SUMMARY_PATH="$out/summary.json" "$locust" -f load_tests/locustfile.py --headless \
   --host "$host" --users "$users" --spawn-rate "$spawn_rate" --run-time "$run_time" \
   --stop-timeout "$stop_timeout" \
   --csv "$out/stats" --html "$out/report.html" \
   --logfile "$out/locust.log" --loglevel INFO --only-summary || status=$?
-echo "run_local.sh: $out/stats_stats.csv (per request kind), stats_failures.csv, stats_exceptions.csv," \
-     "stats_stats_history.csv, report.html, locust.log"
+echo "run_local.sh: $out/summary.json (the final figures), stats_stats.csv (per request kind)," \
+     "stats_failures.csv, stats_exceptions.csv, stats_stats_history.csv, report.html, locust.log"
 exit "$status"

@@ -6,8 +6,9 @@ before, during and after.
 
 The service's processes are found by the titles Ray gives them: ray::ServeController, ray::ProxyActor and
 ray::ServeReplica:<app>:<deployment> (one per replica); run one Ray cluster on the machine while it soaks.
-RSS is sampled before the run, every few seconds during it (the peak), right after it and once more after
-a settle time; what it prints is also written to summary.md in the results folder, beside Locust's CSVs.
+RSS is sampled before the run, every few seconds during it, right after it and once more after a settle
+time (peak: the highest of these samples); what it prints is also written to summary.md in the results
+folder, beside Locust's CSVs.
 Exit status: 0 if the run is clean (see LoadRun.problems), 1 if not, 2 if the service is not healthy.
 """
 
@@ -46,7 +47,8 @@ def serve_processes() -> Rss:
 
 
 class PeakRss:
-    """Samples serve_processes() every `period_s` on a thread; `peak` is each process's highest RSS."""
+    """Samples serve_processes() every `period_s` on a thread (and whatever `add` is given); `peak` is each
+    process's highest RSS."""
 
     def __init__(self, period_s: float = 5.0) -> None:
         self.period_s = period_s
@@ -62,10 +64,13 @@ class PeakRss:
         self._stop.set()
         self._thread.join()
 
+    def add(self, sample: Rss) -> None:
+        for key, rss in sample.items():
+            self.peak[key] = max(rss, self.peak.get(key, 0))
+
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):
-            for key, rss in serve_processes().items():
-                self.peak[key] = max(rss, self.peak.get(key, 0))
+            self.add(serve_processes())
 
 
 def healthy(base_url: str) -> bool:
@@ -108,8 +113,9 @@ def _mib(rss: Mapping[tuple[str, int], int], key: tuple[str, int]) -> str:
 
 
 def report(args: argparse.Namespace, run: LoadRun, problems: list[str], rss: str, started: datetime) -> str:
-    commit = subprocess.run(["git", "log", "-1", "--format=%h %s"], cwd=REPO, capture_output=True,
-                            text=True, check=False).stdout.strip() or "unknown"
+    commit = _git("log", "-1", "--format=%h %<(72,trunc)%s").strip() or "unknown"
+    if _git("status", "--porcelain", "--untracked-files=no").strip():
+        commit += " (with uncommitted changes)"
     verdict = "clean" if not problems else "NOT clean: " + "; ".join(problems)
     return "\n".join([
         f"# Soak: {args.users} users, {args.run_time} s",
@@ -129,6 +135,10 @@ def report(args: argparse.Namespace, run: LoadRun, problems: list[str], rss: str
         rss,
         "",
     ])
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False).stdout
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,18 +167,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"soak: {args.users} users, {args.run_time} s against {args.host}; results in {out}", flush=True)
     with PeakRss() as sampler:
+        sampler.add(before)
         run = run_locust(args.host, out, users=args.users, spawn_rate=args.spawn_rate,
                          run_time_s=args.run_time, stop_timeout_s=args.stop_timeout)
     after = serve_processes()
+    sampler.add(after)
+    peak = sampler.peak
     time.sleep(args.settle)
     settled = serve_processes()
+    sampler.add(settled)
     problems = run.problems() + ([] if healthy(args.host) else [f"{args.host}/health not 200 after the soak"])
 
-    text = report(args, run, problems, rss_table(before, sampler.peak, after, settled), started)
+    text = report(args, run, problems, rss_table(before, peak, after, settled), started)
     (out / "summary.md").write_text(text)
     (out / "rss.json").write_text(json.dumps(
         {name: [{"process": t, "pid": p, "rss_bytes": b} for (t, p), b in sorted(rss.items())]
-         for name, rss in (("before", before), ("peak", sampler.peak), ("after", after), ("settled", settled))},
+         for name, rss in (("before", before), ("peak", peak), ("after", after), ("settled", settled))},
         indent=2) + "\n")
     print(text)
     return 0 if not problems else 1
