@@ -9,8 +9,10 @@
     │   └── AudioTooLong         413  audio over the duration limit
     ├── Unauthorized             401  missing or wrong API key (only when one is configured)
     ├── InvalidAudio             415  empty, not media, corrupt or truncated
+    ├── UploadTimedOut           408  the upload stalled or arrived too slowly
     ├── ValidationFailed         422  the request's form does not parse (missing file, wrong types)
     └── ModelUnavailable         503  a model is not loaded or cannot be loaded right now; retry
+        └── Overloaded           503  the work queued ahead would make this request wait too long
 
 Each carries the HTTP status and OpenAI's error `type`, and an optional `param` naming the field.
 Exceptions cross Ray's process boundary pickled, so each keeps its constructor arguments in `args`.
@@ -64,6 +66,11 @@ class InvalidAudio(ServiceError):
     error_type = "invalid_request_error"
 
 
+class UploadTimedOut(ServiceError):
+    status_code = 408
+    error_type = "invalid_request_error"
+
+
 class ValidationFailed(ServiceError):
     status_code = 422
     error_type = "invalid_request_error"
@@ -78,7 +85,18 @@ class Unauthorized(ServiceError):
 class ModelUnavailable(ServiceError):
     status_code = 503
     error_type = "server_error"
-    retry_after_s = 5
+    retry_after_s: float = 5
+
+
+class Overloaded(ModelUnavailable):
+    """Shed, not failed: `retry_after_s` is when the queue ahead is expected to have drained enough."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.args = (message, retry_after_s)  # what unpickling passes back to __init__
+        self.retry_after_s = retry_after_s
 
 
 def error_body(message: str, error_type: str, param: str | None = None, code: str | None = None) -> dict:

@@ -6,9 +6,10 @@ Holds no model. Every error becomes OpenAI's error shape here, in `error_respons
 
 import hmac
 import logging
+import math
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,21 +18,19 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.schema import ReplicaState
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
 
 from core.errors import (
     BadRequest,
     ModelUnavailable,
-    PayloadTooLarge,
+    Overloaded,
     ServiceError,
     Unauthorized,
-    ValidationFailed,
     error_body,
 )
 from deployments.replica import route_logs_to_serve
-from serve_app import formats, media
+from serve_app import formats, media, uploads
+from serve_app.admission import Admission
 from serve_app.pipeline import TranscriptionPipeline, unwrap_remote_error
 from serve_app.schemas import TranscriptionRequest
 from serve_app.settings import AppArgs, ServiceSettings
@@ -70,14 +69,15 @@ def error_response(error: BaseException, request_id: str) -> JSONResponse:
     """The one mapping from an exception to an HTTP answer; 500s carry no internals."""
     error = unwrap_remote_error(error)
     if isinstance(error, BackPressureError):  # a model deployment's queue is full: shed, don't fail
-        error = ModelUnavailable("the service is at capacity; retry after the delay in Retry-After")
+        error = Overloaded("the service is at capacity; retry after the delay in Retry-After",
+                           retry_after_s=error.retry_after_s or ModelUnavailable.retry_after_s)
     elif isinstance(error, DeploymentUnavailableError):  # no replica of a model deployment right now
         error = ModelUnavailable("a model deployment has no replica running; retry after the delay in "
                                  "Retry-After")
     headers: dict[str, str] = {}  # Serve's proxy adds x-request-id to every response itself
     if isinstance(error, ServiceError):
         if isinstance(error, ModelUnavailable):
-            headers["Retry-After"] = str(error.retry_after_s)
+            headers["Retry-After"] = str(max(1, math.ceil(error.retry_after_s)))
         if error.status_code >= 500:
             logger.warning("request %s: %s", request_id, error.message)
         body = error_body(error.message, error.error_type, error.param, error.code)
@@ -99,61 +99,25 @@ def _validation_message(error: ValidationError) -> tuple[str, str | None]:
     return "; ".join(problems), first_field
 
 
-async def _read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes `max_bytes` (no server limit exists)."""
-    declared = request.headers.get("content-length", "")
-    too_large = f"the upload is larger than this service's limit of {max_bytes / _MIB:.0f} MiB"
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise PayloadTooLarge(too_large, param="file")
-    chunks, received = [], 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > max_bytes:
-            raise PayloadTooLarge(too_large, param="file")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _parse_form(request: Request, body: bytes, task: str) -> tuple[TranscriptionRequest, bytes]:
-    """Parse the multipart form into the request model and the uploaded file's bytes."""
-    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise ValidationFailed("send the request as multipart/form-data with the audio in a field named 'file'")
-
-    async def replay() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    try:
-        form = await Request(request.scope, receive=replay).form(max_files=1, max_fields=64)
-    except (HTTPException, MultiPartException) as e:  # Starlette's own 400s: no boundary, too many parts...
-        reason = e.detail if isinstance(e, HTTPException) else e.message
-        raise BadRequest(f"the multipart form could not be read: {reason}; send one 'file' part and text "
-                         "fields only") from None
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise ValidationFailed("missing file: send the audio or video as a multipart field named 'file'",
-                               param="file")
-    fields: dict[str, Any] = {"task": task}
-    for key, value in form.multi_items():
-        if key == "file":
-            continue
-        if not isinstance(value, str):
+def _parse_fields(fields: list[tuple[str, str | None]], task: str) -> TranscriptionRequest:
+    """The form's text fields as the request model; every problem is a 400 naming the field."""
+    values: dict[str, Any] = {"task": task}
+    for key, value in fields:
+        if value is None:
             raise BadRequest(f"field {key!r} must be text, not a file", param=key)
         if key in _LIST_FIELDS:
-            fields.setdefault(_LIST_FIELDS[key], []).append(value)
+            values.setdefault(_LIST_FIELDS[key], []).append(value)
         elif key == "task":
             raise BadRequest("the task follows from the route; do not send a 'task' field", param="task")
-        elif key in fields:
+        elif key in values:
             raise BadRequest(f"field {key!r} was sent more than once; send it once", param=key)
         else:
-            fields[key] = value
+            values[key] = value
     try:
-        parsed = TranscriptionRequest.model_validate(fields)
+        return TranscriptionRequest.model_validate(values)
     except ValidationError as e:
         message, field = _validation_message(e)
         raise BadRequest(message, param=field) from None
-    data = await upload.read()
-    await form.close()
-    return parsed, data
 
 
 async def _replica_statuses(handle: Any) -> list[dict[str, Any]]:
@@ -189,6 +153,11 @@ class TranscriptionIngress:
         self._asr, self._alignment, self._diarization = asr, alignment, diarization
         self._pipeline = TranscriptionPipeline(asr, alignment, diarization, put=ray.put,
                                                model_aliases=frozenset(self._args.ingress.model_aliases))
+        limits = self._args.ingress
+        self._upload_limits = uploads.UploadLimits(
+            max_bytes=int(limits.max_upload_mib * _MIB), idle_timeout_s=limits.upload_idle_timeout_s,
+            min_rate_bytes_s=limits.min_upload_kib_s * 1024, grace_s=limits.upload_grace_s)
+        self._admission = Admission(limits.max_queue_wait_s, limits.initial_speed)
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -219,14 +188,15 @@ class TranscriptionIngress:
         try:
             self._authorize(request)
             limits = self._args.ingress
-            body = await _read_body(request, int(limits.max_upload_mib * _MIB))
-            parsed, data = await _parse_form(request, body, task)
-            del body
-            decoded = await media.decode_audio(data, max_duration_s=limits.max_audio_duration_s,
-                                               timeout_s=limits.decode_timeout_s,
-                                               memory_limit_mib=limits.decode_memory_limit_mib)
-            del data
-            transcript = replace(await self._pipeline.run(decoded.samples, parsed), warnings=decoded.warnings)
+            self._admission.check()
+            async with uploads.receive_form(request, self._upload_limits) as form:
+                parsed = _parse_fields(form.fields, task)
+                decoded = await media.decode_audio(form.file, max_duration_s=limits.max_audio_duration_s,
+                                                   timeout_s=limits.decode_timeout_s,
+                                                   memory_limit_mib=limits.decode_memory_limit_mib)
+            with self._admission.admit(decoded.duration_s):
+                result = await self._pipeline.run(decoded.samples, parsed)
+            transcript = replace(result, warnings=decoded.warnings)
             subtitles = limits.subtitles.model_copy(update={
                 k: v for k, v in (("max_line_chars", parsed.max_line_chars),
                                   ("max_cue_duration_s", parsed.max_cue_duration_s)) if v is not None})
@@ -274,7 +244,9 @@ class TranscriptionIngress:
                 statuses[name] = {"enabled": True, "replicas": await _replica_statuses(handle)}
             except Exception as e:  # noqa: BLE001 - one unavailable deployment must not hide the others
                 statuses[name] = {"enabled": True, "error": str(unwrap_remote_error(e)), "replicas": []}
-        return {"deployments": statuses}
+        # This ingress replica's admission: audio queued, the measured speed, the wait a request would have.
+        admission = asdict(self._admission.snapshot()) | {"max_queue_wait_s": self._admission.max_queue_wait_s}
+        return {"deployments": statuses, "admission": admission}
 
     @api.get("/v1/models/{model_id:path}")
     async def model(self, model_id: str) -> Response:

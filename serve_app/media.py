@@ -24,7 +24,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, BinaryIO, NoReturn
 
 import numpy as np
 
@@ -62,14 +62,15 @@ class DecodedAudio:
 
 
 async def decode_audio(
-    data: bytes,
+    data: bytes | BinaryIO,
     *,
     max_duration_s: float,
     timeout_s: float = 60,
     memory_limit_mib: int = 2048,
     max_bytes: int | None = None,
 ) -> DecodedAudio:
-    """Decode `data` (a whole uploaded file) to 16 kHz mono float32, in a child process.
+    """Decode `data` (a whole uploaded file: its bytes, or a binary file positioned at its start, which
+    is streamed to the child without being read into memory) to 16 kHz mono float32, in a child process.
 
     max_duration_s:   longest audio accepted, in seconds (AudioTooLong beyond it)
     timeout_s:        wall-clock seconds the child may take, start-up included (InvalidAudio beyond)
@@ -83,11 +84,12 @@ async def decode_audio(
     if memory_limit_mib < MIN_MEMORY_LIMIT_MIB:
         # Too little to even load FFmpeg: every upload would fail as if it were corrupt.
         raise ValueError(f"memory_limit_mib must be at least {MIN_MEMORY_LIMIT_MIB}")
-    if not data:
+    size = len(data) if isinstance(data, bytes) else _remaining_bytes(data)
+    if not size:
         raise InvalidAudio("the uploaded file is empty", param="file")
-    if max_bytes is not None and len(data) > max_bytes:
+    if max_bytes is not None and size > max_bytes:
         raise PayloadTooLarge(
-            f"the uploaded file is {len(data)} bytes; this service accepts at most {max_bytes} bytes",
+            f"the uploaded file is {size} bytes; this service accepts at most {max_bytes} bytes",
             param="file",
         )
     # The child enforces the limit itself; the parent only refuses to read more than this.
@@ -110,7 +112,7 @@ async def decode_audio(
     try:
         header, pcm, stderr = await asyncio.wait_for(_exchange(proc, data, max_samples), timeout_s)
     except TimeoutError:
-        logger.warning("media decoder killed after %g s (%d bytes uploaded)", timeout_s, len(data))
+        logger.warning("media decoder killed after %g s (%d bytes uploaded)", timeout_s, size)
         raise InvalidAudio(
             f"decoding the file took longer than {timeout_s:g} s; it may be corrupt or unusually "
             f"complex. Re-encode it as WAV, MP3 or FLAC and upload it again",
@@ -142,7 +144,7 @@ async def decode_audio(
 
 
 def decode_audio_sync(
-    data: bytes,
+    data: bytes | BinaryIO,
     *,
     max_duration_s: float,
     timeout_s: float = 60,
@@ -181,8 +183,18 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+def _remaining_bytes(file: BinaryIO) -> int:
+    start = file.tell()
+    end = file.seek(0, os.SEEK_END)
+    file.seek(start)
+    return end - start
+
+
+_FEED_CHUNK_BYTES = 1 << 20
+
+
 async def _exchange(
-    proc: asyncio.subprocess.Process, data: bytes, max_samples: int
+    proc: asyncio.subprocess.Process, data: bytes | BinaryIO, max_samples: int
 ) -> tuple[dict[str, Any] | None, bytearray | None, bytes]:
     """Feed `data` to the child and read its answer: (header, samples, stderr tail).
 
@@ -194,8 +206,15 @@ async def _exchange(
 
     async def feed() -> None:
         try:
-            stdin.write(data)
-            await stdin.drain()
+            if isinstance(data, bytes):
+                stdin.write(data)
+                await stdin.drain()
+                return
+            # A spooled upload: 1 MiB at a time, so it is never in memory whole. The reads hit the
+            # page cache of a file just written; they do not stall the event loop noticeably.
+            while chunk := data.read(_FEED_CHUNK_BYTES):
+                stdin.write(chunk)
+                await stdin.drain()
         except (BrokenPipeError, ConnectionResetError):
             pass  # the child stopped reading early; its exit status says why
         finally:

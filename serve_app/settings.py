@@ -24,6 +24,15 @@ class IngressConfig(BaseModel):
 
     max_upload_mib: float = Field(200, gt=0, description="largest accepted upload, MiB (413 above)")
     max_audio_duration_s: float = Field(4 * 3600, gt=0, description="longest accepted audio, seconds (413 above)")
+    upload_idle_timeout_s: float = Field(20, gt=0, description="longest pause in an arriving upload, seconds "
+                                         "(408 beyond)")
+    min_upload_kib_s: float = Field(32, gt=0, description="slowest average rate an upload may arrive at after "
+                                    "upload_grace_s, KiB/s (408 below)")
+    upload_grace_s: float = Field(10, ge=0, description="seconds an upload may take before min_upload_kib_s applies")
+    max_queue_wait_s: float = Field(60, gt=0, description="refuse (503 with Retry-After) a request whose "
+                                    "expected wait for the audio queued ahead of it is longer, seconds")
+    initial_speed: float = Field(10, gt=0, description="audio seconds per second the service is assumed to "
+                                 "process until it has measured itself (admission's first estimate)")
     decode_timeout_s: float = Field(300, gt=0, description="wall-clock limit for decoding one upload, seconds")
     decode_memory_limit_mib: int = Field(4096, ge=256, description="address-space limit of the decoder process, MiB")
     model_aliases: list[str] = Field(["whisper-1"], description="extra model ids accepted in requests and "
