@@ -129,6 +129,7 @@ def run_locust(host: str, out_dir: Path, *, users: int, spawn_rate: float, run_t
     `stop_timeout_s` to finish; killed if it is still running START_UP_S after that."""
     host = loopback_url(host)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "summary.json").unlink(missing_ok=True)  # a folder used again must not report the last run
     child_env = {**os.environ, **(env or {}), "LOAD_TEST_SUMMARY_PATH": str(out_dir / "summary.json")}
     if request_timeout_s is not None:
         child_env["LOAD_TEST_TIMEOUT_S"] = str(request_timeout_s)
