@@ -1,7 +1,8 @@
 """The request flow across the model deployments: ASR and diarization at once, then words, then speakers.
 
 Handles are Ray Serve `DeploymentHandle`s in production and plain fakes in unit tests: this module
-only calls `handle.method.remote(...)` and awaits (or cancels) the result.
+only calls `handle.method.remote(...)` and awaits (or cancels) the result, and sends a call once more
+when the replica handling it was lost (`call_model`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from ray.exceptions import RayActorError
 
 from core.errors import BadRequest, ModelUnavailable
 from core.transcript import AsrOptions, AsrResult, Segment, SpeakerOptions, Transcript, WordSource
@@ -24,6 +26,29 @@ def unwrap_remote_error(error: BaseException) -> BaseException:
     """The exception a replica raised, without Ray's RayTaskError wrapper around it."""
     cause = getattr(error, "cause", None)
     return cause if isinstance(cause, BaseException) else error
+
+
+async def call_model(method: Any, *args: Any, sent: Any | None = None) -> Any:
+    """The result of `method.remote(*args)` (`sent`: that call, if already made), called once more if
+    the replica handling it died or became unreachable.
+
+    Ray raises `RayActorError` (`ActorDiedError`, `ActorUnavailableError`) to the caller of a request
+    that a replica had accepted when its process died; Serve's router then takes that replica out of
+    rotation, so the second call goes to another replica, or waits for the replacement. A model call
+    is pure (same audio and options, same answer), so a second one is safe. Only one: an upload that
+    itself kills replicas (a decoder bug, an allocation) then costs two of them, not all. Errors the
+    replica raised itself (our ServiceErrors, bugs) are not retried: they would only happen again.
+    """
+    try:
+        return await (sent if sent is not None else method.remote(*args))
+    except RayActorError as e:
+        logger.warning("a model replica was lost during a call (%s); sending the call once more",
+                       type(e).__name__)
+    try:
+        return await method.remote(*args)
+    except RayActorError as e:
+        raise ModelUnavailable("a model replica failed while handling this request; retry after the delay "
+                               "in Retry-After") from e
 
 
 class TranscriptionPipeline:
@@ -43,11 +68,11 @@ class TranscriptionPipeline:
                              param="diarize")
         # Put the audio in the object store once; every deployment reads the same copy.
         audio = self._put(samples)
-        turns_response = None
-        if request.diarize and self._diarization is not None:
-            turns_response = self._diarization.diarize.remote(audio, SpeakerOptions(
-                num_speakers=request.num_speakers, min_speakers=request.min_speakers,
-                max_speakers=request.max_speakers))
+        diarization = self._diarization if request.diarize else None
+        speaker_options = SpeakerOptions(num_speakers=request.num_speakers, min_speakers=request.min_speakers,
+                                         max_speakers=request.max_speakers)
+        # Sent now, awaited last: diarization runs while ASR (and alignment) run.
+        turns_response = diarization.diarize.remote(audio, speaker_options) if diarization is not None else None
         asr_options = AsrOptions(
             task=request.task, language=request.language, prompt=request.prompt,
             model=None if request.model is None or request.model in self._model_aliases else request.model,
@@ -57,11 +82,12 @@ class TranscriptionPipeline:
             word_timestamps=request.needs_words,
         )
         try:
-            asr_result: AsrResult = await self._asr.transcribe.remote(audio, asr_options)
+            asr_result: AsrResult = await call_model(self._asr.transcribe, audio, asr_options)
             segments, word_source = list(asr_result.segments), asr_result.word_source
             if request.needs_words and segments and self._wants_alignment(request):
                 segments, word_source = await self._aligned(audio, asr_result)
-            turns = await turns_response if turns_response is not None else []
+            turns = [] if diarization is None else await call_model(diarization.diarize, audio, speaker_options,
+                                                                    sent=turns_response)
         except BaseException:
             if turns_response is not None:
                 turns_response.cancel()
@@ -82,7 +108,7 @@ class TranscriptionPipeline:
         whisper = list(asr_result.segments), asr_result.word_source
         assert self._alignment is not None  # _wants_alignment checked it
         try:
-            aligned = await self._alignment.align.remote(audio, whisper[0], asr_result.language)
+            aligned = await call_model(self._alignment.align, audio, whisper[0], asr_result.language)
         except Exception as e:  # narrowed just below, once Ray's wrapper is unwrapped
             cause = unwrap_remote_error(e)
             if not isinstance(cause, ModelUnavailable):

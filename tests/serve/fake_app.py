@@ -5,11 +5,17 @@
 Each fake holder loads a small numpy array instantly and, when it is torn down, appends a line
 `<holder class> <model name, as status shows it> <pid>` to the file named by $FAKE_TEARDOWN_LOG (if
 set), so a test can see which teardowns ran in the replicas' processes.
+
+Under load, the fake ASR and diarization holders can be made slow and watched: each `transcribe` and
+`diarize` sleeps $FAKE_MODEL_DELAY_S seconds (if set), so calls are in flight when a replica is killed,
+and first appends `<holder class> <pid> <samples>` to the file named by $FAKE_CALL_LOG (if set), so a
+test that sends each request with its own length of audio can see which calls were sent twice.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -25,6 +31,8 @@ from serve_app.app import build_graph
 from serve_app.settings import AppArgs
 
 TEARDOWN_LOG_ENV = "FAKE_TEARDOWN_LOG"
+DELAY_ENV = "FAKE_MODEL_DELAY_S"
+CALL_LOG_ENV = "FAKE_CALL_LOG"
 # Resources and timing only; the graph and every user_config are build_app's. A tenth of a CPU each: the
 # graph fits on two cores beside Serve's own actors. An idle replica stops after one 0.1 s drain check,
 # not Serve's default 2 s.
@@ -37,6 +45,15 @@ def _log_teardown(holder: Any) -> None:
     if path:
         with open(path, "a") as log:
             log.write(f"{type(holder).__name__} {holder.model_name(holder.config)} {os.getpid()}\n")
+
+
+def _model_call(holder: Any, audio: np.ndarray) -> None:
+    """The start of a fake model call: logged and slowed down when the environment says so."""
+    path = os.environ.get(CALL_LOG_ENV)
+    if path:
+        with open(path, "a") as log:
+            log.write(f"{type(holder).__name__} {os.getpid()} {len(audio)}\n")
+    time.sleep(float(os.environ.get(DELAY_ENV, "0")))
 
 
 def _words(text: str, start_s: float, end_s: float) -> tuple[Word, ...]:
@@ -67,6 +84,7 @@ class FakeAsrHolder(AsrHolder):
 
     def transcribe(self, audio: np.ndarray, options: AsrOptions) -> AsrResult:
         self._require_model()
+        _model_call(self, audio)
         language = self._check_language(options.language, options.task) or "en"
         duration_s = len(audio) / SAMPLE_RATE_HZ
         text = f"{options.task} by {self.config.model}"
@@ -108,6 +126,7 @@ class FakeDiarizationHolder(DiarizationHolder):
 
     def diarize(self, audio: np.ndarray, options: SpeakerOptions) -> list[SpeakerTurn]:
         self._require_model()
+        _model_call(self, audio)
         return [SpeakerTurn("SPEAKER_00", 0.0, len(audio) / SAMPLE_RATE_HZ)]
 
 

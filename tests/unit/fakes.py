@@ -52,3 +52,17 @@ class FakeHandle:
         if name not in methods:
             raise AttributeError(name)
         return FakeMethod(self, name, methods[name])
+
+
+def failing_first(times: int, error: Callable[[], BaseException], fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn`, except that its first `times` calls raise `error()` instead: a replica lost mid-call."""
+    calls = 0
+
+    def method(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls <= times:
+            raise error()
+        return fn(*args)
+
+    return method

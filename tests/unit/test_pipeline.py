@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from ray.exceptions import ActorDiedError, ActorUnavailableError
 
 from core.errors import BadRequest, ModelUnavailable
 from core.transcript import AsrResult, Segment, SpeakerTurn, Word
 from serve_app.pipeline import TranscriptionPipeline
 from serve_app.schemas import TranscriptionRequest
-from tests.unit.fakes import FakeHandle
+from tests.unit.fakes import FakeHandle, failing_first
 
 AUDIO = np.zeros(16_000 * 4, dtype=np.float32)
 SEGMENTS = (Segment("hello there", 0.0, 1.0), Segment("general kenobi", 2.0, 3.0))
@@ -179,3 +180,62 @@ async def test_the_text_does_not_depend_on_the_response_format():
     texts = {fmt: (await pipeline.run(AUDIO, request(response_format=fmt))).text
              for fmt in ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")}
     assert set(texts.values()) == {"hello there general kenobi"}, texts
+
+
+# --- a model replica lost mid-call -----------------------------------------------------------------
+
+LOST = {"died": ActorDiedError, "unavailable": lambda: ActorUnavailableError("connection lost", None)}
+
+
+def lose_replica(method: str, times: int, error=ActorDiedError):
+    """A pipeline whose `method` ("transcribe", "align" or "diarize") is lost with its replica on its first
+    `times` calls, and the handles."""
+    log: list[str] = []
+
+    def align(audio, segments, language):
+        return list(ALIGNED)
+
+    fns = {"transcribe": asr_fn, "align": align, "diarize": lambda audio, options: TURNS}
+    fns[method] = failing_first(times, error, fns[method])
+    asr = FakeHandle(log, transcribe=fns["transcribe"])
+    alignment = FakeHandle(log, align=fns["align"])
+    diar = FakeHandle(log, diarize=fns["diarize"])
+    return TranscriptionPipeline(asr, alignment, diar, put=lambda s: ("ref", id(s))), asr, alignment, diar
+
+
+@pytest.mark.parametrize("error", LOST.values(), ids=LOST.keys())
+@pytest.mark.parametrize("method", ["transcribe", "align", "diarize"])
+async def test_a_call_lost_with_its_replica_is_sent_once_more_with_the_same_arguments(method, error):
+    pipeline, *handles = lose_replica(method, 1, error)
+    transcript = await pipeline.run(AUDIO, request(diarize=True, response_format="srt"))
+    assert transcript.word_source == "alignment" and transcript.speakers == ["SPEAKER_00", "SPEAKER_01"]
+    calls: dict[str, list[tuple]] = {}
+    for handle in handles:
+        for name, args in handle.calls:
+            calls.setdefault(name, []).append(args)
+    assert len(calls[method]) == 2 and calls[method][0] == calls[method][1]
+    assert all(len(sent) == 1 for name, sent in calls.items() if name != method)
+
+
+@pytest.mark.parametrize("method", ["transcribe", "diarize"])
+async def test_a_call_lost_twice_is_a_503_that_says_to_retry(method):
+    pipeline, *handles = lose_replica(method, 2)
+    with pytest.raises(ModelUnavailable, match=r"a model replica failed.*retry") as error:
+        await pipeline.run(AUDIO, request(diarize=True))
+    assert isinstance(error.value.__cause__, ActorDiedError)
+    assert sum(name == method for handle in handles for name, _ in handle.calls) == 2, "one retry, not more"
+
+
+async def test_alignment_lost_twice_falls_back_to_whisper_words():
+    pipeline, _, alignment, _ = lose_replica("align", 2)
+    transcript = await pipeline.run(AUDIO, request(response_format="srt"))
+    assert len(alignment.calls) == 2 and transcript.word_source == "whisper"
+
+
+@pytest.mark.parametrize("error", [lambda: BadRequest("English only", param="language"),
+                                   lambda: RuntimeError("bug")], ids=["service-error", "bug"])
+async def test_an_error_the_replica_raised_is_not_retried(error):
+    pipeline, asr, _, _ = lose_replica("transcribe", 1, error)
+    with pytest.raises((BadRequest, RuntimeError)):
+        await pipeline.run(AUDIO, request())
+    assert len(asr.calls) == 1
