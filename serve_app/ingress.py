@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.schema import ReplicaState
 from starlette.exceptions import HTTPException
@@ -71,6 +72,8 @@ def error_response(error: BaseException, request_id: str) -> JSONResponse:
     if isinstance(error, BackPressureError):  # a model deployment's queue is full: shed, don't fail
         error = Overloaded("the service is at capacity; retry after the delay in Retry-After",
                            retry_after_s=error.retry_after_s or ModelUnavailable.retry_after_s)
+    elif isinstance(error, RayActorError):  # a replica died under a call the pipeline does not retry
+        error = ModelUnavailable("a model replica failed; retry after the delay in Retry-After")
     elif isinstance(error, DeploymentUnavailableError):  # no replica of a model deployment right now
         error = ModelUnavailable("a model deployment has no replica running; retry after the delay in "
                                  "Retry-After")
