@@ -11,6 +11,7 @@ itself dies at once on SIGTERM, which is what containers and systemd send.)
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import signal
 import sys
@@ -26,6 +27,8 @@ _PRIVATE_DEFAULTS = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
 }
+
+_SINGLE_MACHINE_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode (init_ray)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "serve_config.cpu.yaml"
 
@@ -49,24 +52,66 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def is_loopback(host: str) -> bool:
+    """Whether an HTTP host (an IP or a name) reaches this machine only."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def init_ray(*, loopback_only: bool, runtime_env: dict[str, Any] | None = None) -> None:
+    """Join the Ray cluster that `ray.init` finds (RAY_ADDRESS, one started by `ray start`) or start a
+    local one, in Serve's namespace; a local one started with `loopback_only` listens on 127.0.0.1 only."""
+    import ray
+    from ray._private import ray_constants, services
+    from ray.serve._private.constants import SERVE_NAMESPACE
+
+    for key, value in _PRIVATE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    # ray.init's own rule for when it starts a new cluster, asked after RAY_ADDRESS (a client's
+    # "ray://..." address fails it). Its hint says str; ray.init passes None.
+    starts_local = not os.environ.get("RAY_ADDRESS") and (
+        services.canonicalize_bootstrap_address(None) is None)  # type: ignore[arg-type]
+    if not (loopback_only and starts_local):
+        ray.init(namespace=SERVE_NAMESPACE, runtime_env=runtime_env)
+        return
+    # Ray's servers (GCS, raylet, object manager, each worker's gRPC port, the agents, the metrics
+    # exporters) bind every interface unless the node's IP is 127.0.0.1, and on Linux the node's IP
+    # is the outward interface's: ray.init(_node_ip_address="127.0.0.1") is turned back into it.
+    # Ray's single-machine mode, its default on macOS and Windows (ray-project/ray#18730), takes
+    # 127.0.0.1. Its switch is read when ray is imported, which has happened by now: set it for the
+    # processes ray.init starts and for this one, while it runs.
+    saved_env, saved_mode = os.environ.get(_SINGLE_MACHINE_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_SINGLE_MACHINE_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(namespace=SERVE_NAMESPACE, runtime_env=runtime_env)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_mode
+        if saved_env is None:
+            del os.environ[_SINGLE_MACHINE_SWITCH]
+        else:
+            os.environ[_SINGLE_MACHINE_SWITCH] = saved_env
+
+
 def deploy(config, *, timeout_s: float = 600) -> str:
     """Deploy a validated config onto the connected (or a new local) Ray cluster; returns the base URL.
+
+    A new local cluster listens on loopback only when the config's HTTP host is a loopback one.
 
     Refuses (ValueError naming the key) a config whose args or user_config overrides the app would
     reject, before anything is deployed: the running replicas keep serving.
     """
     import ray
     from ray.serve._private import api as serve_api  # what `serve run CONFIG` uses
-    from ray.serve._private.constants import SERVE_NAMESPACE
 
     from serve_app.app import check_config
 
     check_config(config)
 
-    for key, value in _PRIVATE_DEFAULTS.items():
-        os.environ.setdefault(key, value)
     if not ray.is_initialized():
-        ray.init(namespace=SERVE_NAMESPACE)
+        init_ray(loopback_only=is_loopback(config.http_options.host))
     client = serve_api.serve_start(
         http_options=config.http_options.model_dump(),
         proxy_location=config.proxy_location,

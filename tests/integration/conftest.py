@@ -23,12 +23,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def base_url():
     import ray
     from ray import serve
-    from ray.serve._private.constants import SERVE_NAMESPACE
 
-    from serve_app.launch import deploy, load_config
+    from serve_app.launch import deploy, init_ray, load_config
 
     # Workers import test-only deployments (tests/integration/leaky.py) from the checkout.
-    ray.init(namespace=SERVE_NAMESPACE, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+    init_ray(loopback_only=True, runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
     config = load_config(ROOT / "serve_config.cpu.yaml")
     config.http_options.port = 8765  # leave 8000 to a service someone may be running by hand
     url = deploy(config, timeout_s=900)
