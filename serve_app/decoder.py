@@ -32,11 +32,13 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn, cast
 
 from core.audio import SAMPLE_RATE_HZ
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import av.container
 
 BYTES_PER_SAMPLE = 4
@@ -388,6 +390,7 @@ def _decode_stream(
     limit_s = max_duration_s + DURATION_SLACK_S
     resampler: av.AudioResampler | None = None
     source_format: tuple[str, str, int] | None = None
+    to_mean: Callable[[av.AudioFrame], av.AudioFrame] | None = None  # for a layout swresample cannot mix
 
     def append(frames: list[av.AudioFrame]) -> None:
         for frame in frames:
@@ -411,24 +414,68 @@ def _decode_stream(
         # A stream may change rate or layout midway (e.g. concatenated MP3s). One resampler
         # handles one input format, so flush it and start a new one.
         frame_format = (frame.format.name, frame.layout.name, frame.sample_rate)
+        frame.pts = None  # gaps and jumps in timestamps are irrelevant here: keep every sample
         if resampler is None or frame_format != source_format:
             if resampler is not None:
                 append(resampler.resample(None))
-            resampler = av.AudioResampler(
-                format="flt",
-                layout="mono",
-                rate=SAMPLE_RATE_HZ,
-                # Downmix to the channels' mean. Left alone, swresample does not normalise its
-                # matrix for float output: stereo would come out at 0.71 * (L + R) and 5.1 at up
-                # to 1.7x full scale, i.e. clipped.
-                options={"rematrix_maxval": "1.0"},
-            )
-            source_format = frame_format
-        frame.pts = None  # gaps and jumps in timestamps are irrelevant here: keep every sample
-        append(resampler.resample(frame))
+            resampler, source_format, to_mean = _mono_resampler(), frame_format, None
+            try:
+                append(resampler.resample(frame))  # the first frame builds the resampler's filter graph
+                continue
+            except MemoryError:
+                raise  # PyAV's ENOMEM is an FFmpegError too; no other downmix needs less
+            except av.error.FFmpegError:
+                # swresample has no downmix for a layout without channel order beyond its defaults
+                # (a WAV of 9 or 32 channels): "not enough information". Take the channels' mean.
+                resampler, to_mean = _mono_resampler(), _channel_mean(frame)
+        append(resampler.resample(frame if to_mean is None else to_mean(frame)))
     if resampler is not None:
         append(resampler.resample(None))  # the resampler holds back a few ms of filter delay
     return pcm
+
+
+def _mono_resampler() -> av.AudioResampler:
+    import av
+
+    # Downmix to the channels' mean. Left alone, swresample does not normalise its matrix for
+    # float output: stereo would come out at 0.71 * (L + R) and 5.1 at up to 1.7x full scale,
+    # i.e. clipped.
+    return av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE_HZ, options={"rematrix_maxval": "1.0"})
+
+
+_MAX_PAN_CHANNELS = 64
+"""FFmpeg's pan filter takes at most 64 input channels."""
+
+
+def _channel_mean(template: av.AudioFrame) -> Callable[[av.AudioFrame], av.AudioFrame]:
+    """A function from frames shaped like `template` to mono frames of their channels' mean, same rate
+    and sample format, through FFmpeg's pan filter (which holds no samples back, so needs no flush).
+
+    Raises _Rejected for more channels than pan takes.
+    """
+    from av.filter import Graph
+
+    channels = template.layout.nb_channels
+    if channels > _MAX_PAN_CHANNELS:
+        raise _Rejected(
+            "invalid",
+            f"the audio has {channels} channels in no standard layout; this service mixes down at most "
+            f"{_MAX_PAN_CHANNELS}. Mix it down (e.g. ffmpeg -i FILE -ac 1 out.wav) and upload it again",
+        )
+    graph = Graph()
+    source = graph.add("abuffer", sample_rate=str(template.sample_rate), sample_fmt=template.format.name,
+                       channel_layout=template.layout.name, time_base=f"1/{template.sample_rate}")
+    pan = graph.add("pan", "mono|c0=" + "+".join(f"{1 / channels:.9g}*c{i}" for i in range(channels)))
+    sink = graph.add("abuffersink")
+    source.link_to(pan)
+    pan.link_to(sink)
+    graph.configure()
+
+    def mean(frame: av.AudioFrame) -> av.AudioFrame:
+        graph.push(frame)
+        return cast("av.AudioFrame", graph.pull())  # an audio graph's sink gives audio frames
+
+    return mean
 
 
 def _frames(container: av.container.InputContainer, stream: av.AudioStream, damage: _Damage) -> Any:

@@ -10,7 +10,6 @@ states what it expects to find and leaves the app serving, except the last one, 
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,41 +21,14 @@ import pytest
 
 from deployments.asr import AsrDeploymentConfig
 from tests.serve.fake_app import TEARDOWN_LOG_ENV
+from tests.serve.served import APP, ASR_ARGS, WAIT_S, fake_app_served, free_port, multipart, serve_config
 from tests.speech import to_wav_bytes
 
 pytestmark = [pytest.mark.serve, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parents[2]
-APP = "transcription"
-ASR_ARGS = {"models": {"tiny.en": "fake/tiny.en", "base": "fake/base"}, "default_model": "tiny.en"}
-ARGS = {"asr": ASR_ARGS, "alignment": {"models": {"en": "fake/align-en"}}, "diarization": {"model": "embedded"}}
 SWAPPED = "fake/tiny-v2.en"  # the weights the in-place update puts behind the default model id
-WAIT_S = 60
 HOLDERS = {"asr": "FakeAsrHolder", "alignment": "FakeAlignmentHolder", "diarization": "FakeDiarizationHolder"}
 WAV = to_wav_bytes(0.1 * np.sin(np.arange(16_000) / 5))  # 1 s of tone: the fake models ignore the sound
-
-# Timing only, for a bare Ray on two cores: a replica that fails to start is not tried three times.
-RAY_ENV = {"RAY_SERVE_MAX_PER_REPLICA_RETRY_COUNT": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve_config(port: int, asr_user_config: dict[str, Any] | None = None):
-    """The Serve config of the fake app; `asr_user_config` overrides the ASR deployment's, as an operator's
-    edited serve_config.yaml would."""
-    from ray.serve.schema import ServeDeploySchema
-
-    app: dict[str, Any] = {"name": APP, "route_prefix": "/", "import_path": "tests.serve.fake_app:build",
-                           "args": ARGS}
-    if asr_user_config is not None:
-        app["deployments"] = [{"name": "AsrDeployment", "user_config": asr_user_config}]
-    return ServeDeploySchema.model_validate({
-        "proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [app]})
 
 
 def swapped_asr_config(**extra: Any) -> dict[str, Any]:
@@ -82,25 +54,11 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    import ray
-    from ray import serve
-    from ray.serve._private.constants import SERVE_NAMESPACE
-
-    from serve_app.launch import deploy
-
     teardown_log = tmp_path_factory.mktemp("serve") / "teardowns.log"
     teardown_log.touch()
     port = free_port()
-    # address="local": a Ray of our own, never a cluster someone started on this machine. PYTHONPATH:
-    # the replicas import tests.serve.fake_app from this checkout.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=SERVE_NAMESPACE,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), TEARDOWN_LOG_ENV: str(teardown_log), **RAY_ENV}})
-    try:
-        url = deploy(serve_config(port), timeout_s=WAIT_S)
+    with fake_app_served(port, env={TEARDOWN_LOG_ENV: str(teardown_log)}) as url:
         yield Served(url, port, teardown_log)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -211,15 +169,6 @@ def openai_error(response: httpx.Response, status: int) -> str:
 
 def post_multipart(client: httpx.Client, body: bytes, content_type: str) -> httpx.Response:
     return client.post("/v1/audio/transcriptions", content=body, headers={"content-type": content_type})
-
-
-def multipart(*parts: tuple[str, str | None, bytes], boundary: str = "b0undary") -> bytes:
-    """A multipart body built by hand: (field name, filename or None, content) per part."""
-    out = b""
-    for name, filename, content in parts:
-        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
-    return out + f"--{boundary}--\r\n".encode()
 
 
 @pytest.mark.parametrize(("parts", "content_type", "reason"), [
