@@ -33,6 +33,19 @@ def start_stalled_upload(base_url: str) -> socket.socket:
     return sock
 
 
+def read_response(sock: socket.socket) -> str:
+    """One HTTP response: its head, then as many body bytes as its Content-Length says."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096) or b"\r\n\r\n"
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length and (more := sock.recv(4096)):
+        body += more
+    return (head + b"\r\n\r\n" + body).decode("latin-1")
+
+
 def test_stalled_uploads_get_408_while_health_and_good_requests_are_answered(base_url, client):
     sockets = [start_stalled_upload(base_url) for _ in range(STALLED)]
     started = time.monotonic()
@@ -42,15 +55,13 @@ def test_stalled_uploads_get_408_while_health_and_good_requests_are_answered(bas
         assert health.status_code == 200
         response = transcribe(client, paragraph_wav())
         assert response.status_code == 200 and response.json()["text"]
-        answers = []
-        for sock in sockets:
-            answers.append(sock.recv(4096).decode("latin-1"))
+        answers = [read_response(sock) for sock in sockets]
         waited_s = time.monotonic() - started
     finally:
         for sock in sockets:
             sock.close()
     assert all(a.startswith("HTTP/1.1 408") for a in answers), answers[0][:300]
-    assert '"stalled or arrived too slowly' in answers[0] or "stalled or arrived too slowly" in answers[0]
+    assert all("stalled or arrived too slowly" in a for a in answers), answers[0]
     # The rate rule cuts a body that stopped after a few bytes at the grace period, the idle rule at 15 s.
     assert waited_s < IDLE_TIMEOUT_S + 10, waited_s
     assert client.get("/health").status_code == 200
@@ -133,19 +144,32 @@ def send(client: httpx.Client, kind: str, body) -> int:
 
 
 def test_large_inputs_do_not_raise_resting_memory(client):
+    """Resting RSS after 20 large inputs, against RSS after a warm-up, per process.
+
+    Measured on 2 cores (the embedded default, glibc's mmap threshold fixed by serve_app.launch):
+    the first 100 MiB upload lifts the proxy by 50-100 MiB and the ingress by 50-95 MiB (Ray's
+    transport buffers, reached once and kept), then each further input adds 0-5 MiB; the ASR
+    replica stays within +45 MiB over ten 4-minute files. Without the fixed threshold the proxy rose
+    by 288 MiB and the ingress by 236 MiB over five uploads. The bounds: no growth between the
+    tenth and the twentieth input beyond noise, and the whole run within one upload's transit buffers.
+    """
     inputs = large_inputs()
-    # Warm-up: Ray's transport and the allocator reach their high-water mark over the first few large
-    # bodies (measured: +110 MiB in the proxy and the ingress over the first five 100 MiB uploads, then
-    # +5..11 MiB over five more); what must not happen is growth with every further input.
-    for kind, body in inputs[:2] + inputs[10:14]:
+    accepted, refused = inputs[0], inputs[10]
+    for kind, body in [accepted, refused, accepted, refused]:  # warm-up: first use of every path
         send(client, kind, body)
     time.sleep(3)
-    before = rss_mib()
-    statuses = [send(client, kind, body) for kind, body in inputs]
+    warm = rss_mib()
+    statuses = []
+    for i, (one, other) in enumerate(zip(inputs[:10], inputs[10:], strict=True), 1):  # interleaved
+        statuses += [send(client, *one), send(client, *other)]
+        if i == 5:
+            time.sleep(3)
+            middle = rss_mib()
     time.sleep(3)
-    after = rss_mib()
-    print("\nRSS MiB after warm-up -> after 20 large inputs:",
-          {name: f"{before[name]:.0f} -> {after[name]:.0f} ({after[name] - before[name]:+.0f})" for name in before})
-    assert statuses == [200] * 10 + [413] * 10
-    for name in before:
-        assert after[name] - before[name] < 64, (name, before[name], after[name])
+    end = rss_mib()
+    print("\nRSS MiB after warm-up -> after 10 -> after 20 large inputs:",
+          {name: f"{warm[name]:.0f} -> {middle[name]:.0f} -> {end[name]:.0f}" for name in warm})
+    assert statuses == [200, 413] * 10
+    for name in warm:
+        assert end[name] - middle[name] < 32, (name, warm[name], middle[name], end[name])
+        assert end[name] - warm[name] < 128, (name, warm[name], middle[name], end[name])
