@@ -191,13 +191,15 @@ class TranscriptionIngress:
         try:
             self._authorize(request)
             limits = self._args.ingress
-            self._admission.check()
-            async with uploads.receive_form(request, self._upload_limits) as form:
-                parsed = _parse_fields(form.fields, task)
-                decoded = await media.decode_audio(form.file, max_duration_s=limits.max_audio_duration_s,
-                                                   timeout_s=limits.decode_timeout_s,
-                                                   memory_limit_mib=limits.decode_memory_limit_mib)
-            with self._admission.admit(decoded.duration_s):
+            # Admitted or refused before the upload is read: a refusal costs no upload and no decode.
+            with self._admission.admit() as ticket:
+                async with uploads.receive_form(request, self._upload_limits) as form:
+                    ticket.uploaded()
+                    parsed = _parse_fields(form.fields, task)
+                    decoded = await media.decode_audio(form.file, max_duration_s=limits.max_audio_duration_s,
+                                                       timeout_s=limits.decode_timeout_s,
+                                                       memory_limit_mib=limits.decode_memory_limit_mib)
+                ticket.measured(decoded.duration_s)
                 result = await self._pipeline.run(decoded.samples, parsed)
             transcript = replace(result, warnings=decoded.warnings)
             subtitles = limits.subtitles.model_copy(update={
