@@ -26,11 +26,6 @@ _ENV_DEFAULTS = {
     "PYANNOTE_METRICS_ENABLED": "0",  # pyannote.audio 4 reports usage to an outside endpoint by default
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
-    # glibc keeps large freed buffers (upload pieces passing through the proxy, decoded audio) as
-    # resting memory once its dynamic mmap threshold has grown; a fixed threshold returns them.
-    # Measured over 100 MiB uploads: proxy +288 -> +129 MiB, ingress +236 -> +106 MiB, then flat.
-    "MALLOC_MMAP_THRESHOLD_": "131072",
-    "MALLOC_TRIM_THRESHOLD_": "131072",
 }
 
 _SINGLE_MACHINE_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's single-machine mode (init_ray)
