@@ -150,9 +150,10 @@ def test_large_inputs_do_not_raise_resting_memory(client):
     serve_config.cpu.yaml): the first 100 MiB uploads lift the ingress by ~50 MiB and Serve's proxy
     by 70-290 MiB (Ray's transport buffers, reached once and kept), after which ten further inputs
     add -8..+26 MiB; the ASR replica stays within +60 MiB over ten 4-minute files. The proxy is
-    Ray's own process: it cannot be given the ingress's allocator setting, so only growth after the
-    warm-up is bounded for it. The bounds: no growth between the tenth and the twentieth input beyond
-    noise, and the replicas' whole run within one upload's transit buffers.
+    Ray's own process: it cannot be given the ingress's allocator setting, and it reaches its high-water
+    mark at no fixed input, so only its total growth is bounded. The bounds for the replicas: no growth
+    between the tenth and the twentieth input beyond noise, and the whole run within one upload's
+    transit buffers.
     """
     inputs = large_inputs()
     accepted, refused = inputs[0], inputs[10]
@@ -171,7 +172,9 @@ def test_large_inputs_do_not_raise_resting_memory(client):
     print("\nRSS MiB after warm-up -> after 10 -> after 20 large inputs:",
           {name: f"{warm[name]:.0f} -> {middle[name]:.0f} -> {end[name]:.0f}" for name in warm})
     assert statuses == [200, 413] * 10
-    for name in warm:
+    for name in ("ingress", "asr"):
         assert end[name] - middle[name] < 48, (name, warm[name], middle[name], end[name])
-        if name != "proxy":
-            assert end[name] - warm[name] < 128, (name, warm[name], middle[name], end[name])
+        assert end[name] - warm[name] < 128, (name, warm[name], middle[name], end[name])
+    # The proxy reaches its high-water mark at no fixed input (+13..+109 MiB after warm-up in five runs,
+    # +62 of it in the second half once): bounded by about one and a half maximum uploads in transit.
+    assert end["proxy"] - warm["proxy"] < 160, (warm["proxy"], middle["proxy"], end["proxy"])
