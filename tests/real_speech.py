@@ -225,6 +225,33 @@ LAYOUTS: dict[str, tuple[str | float, ...]] = {
 }
 
 
+def _rounds(orders: tuple[tuple[str, ...], ...], pauses_s: tuple[float, ...]) -> tuple[str | float, ...]:
+    """A layout of every recording once per round, in each round's order, `pauses_s` between them;
+    "reader" is the reader's five sentences in a row."""
+    reader: tuple[str | float, ...] = tuple(
+        item for clip_id in READER_CLIPS for item in (_READ_GAP_S, f"reader-{clip_id}"))[1:]
+    names = [name for order in orders for name in order]
+    if len(pauses_s) != len(names) - 1:
+        raise ValueError(f"{len(names)} recordings need {len(names) - 1} pauses, not {len(pauses_s)}")
+    layout: list[str | float] = [1.0]
+    for i, name in enumerate(names):
+        layout.extend(reader if name == "reader" else (name,))
+        layout.append(pauses_s[i] if i < len(pauses_s) else 1.5)
+    return tuple(layout)
+
+
+# Every recording seven times, in a new order each round, 2-8 s apart: 5 speakers who each come back
+# every 70-100 s, like a long meeting, for throughput on a long file (benchmarks.throughput). 595 s.
+LAYOUTS["meeting_10min"] = _rounds(
+    (("jfk", "reader", "call", "forever"), ("call", "forever", "reader", "jfk"),
+     ("reader", "jfk", "forever", "call"), ("forever", "call", "jfk", "reader"),
+     ("jfk", "call", "reader", "forever"), ("reader", "forever", "call", "jfk"),
+     ("call", "jfk", "forever", "reader")),
+    (3.0, 6.0, 2.0, 8.0, 4.5, 2.5, 7.0, 5.0, 3.5, 6.5, 4.0, 7.5, 2.0, 5.5, 3.0, 8.0, 4.0, 6.0, 2.5, 7.0,
+     5.0, 3.5, 6.5, 4.5, 2.0, 7.5, 5.5),
+)
+
+
 def _level(audio: np.ndarray) -> np.ndarray:
     gain = 10 ** ((SPEECH_LEVEL_DBFS - speech_level_db(audio)) / 20)
     gain = min(gain, 0.99 / max(float(np.abs(audio).max()), 1e-9))
