@@ -14,9 +14,11 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from core.audio import SAMPLE_RATE_HZ
+from core.chunks import AsrPlan, ChunkTask, DecodedChunk, assemble, chunk_tasks
 from core.errors import BadRequest, ModelUnavailable, UnknownModel, UnsupportedLanguage
-from core.transcript import AsrOptions, AsrResult, Segment
+from core.transcript import AsrOptions, AsrResult
 from deployments import bundled, whisper_decode
+from deployments.batching import WhileBusy
 from deployments.holder import DeviceConfig, ModelHolder
 from deployments.replica import ModelReplica
 
@@ -27,7 +29,12 @@ class AsrSettings(DeviceConfig):
     """How Whisper models run and decode: shared by every model the ASR deployment serves."""
 
     compute_type: str = Field("int8", description="CTranslate2 compute type: int8, int8_float16, float16, float32")
-    batch_size: int = Field(8, ge=1, le=128, description="VAD chunks decoded per batch")
+    batch_size: int = Field(8, ge=1, le=128, description="speech chunks decoded per batch, from one request or "
+                            "many (each chunk is padded to Whisper's 30 s window, so chunks, not seconds, "
+                            "are what a batch costs)")
+    batch_wait_s: float = Field(0.01, ge=0, le=1, description="how long an idle replica waits for more chunks "
+                                "after the first before it decodes (a busy one batches what arrived meanwhile), "
+                                "seconds")
     beam_size: int = Field(5, ge=1, le=20, description="beam width")
     language: str | None = Field(None, description="default language code when a request gives none; "
                                  "None detects it per request (English-only models always use en)")
@@ -138,9 +145,9 @@ class AsrHolder(ModelHolder[AsrConfig, Any]):
                              "name a multilingual model", param="model")
         return "en"
 
-    def transcribe(self, audio: np.ndarray, options: AsrOptions) -> AsrResult:
-        """Recognise speech in 16 kHz mono float32 audio: VAD once, each chunk decoded once, and word
-        timings (if asked) aligned to the tokens of that decode. Runs on the owning thread."""
+    def plan(self, audio: np.ndarray, options: AsrOptions, model_id: str) -> AsrPlan:
+        """VAD once over 16 kHz mono float32 audio, and the language to decode in (detected in the
+        first speech when the request gives none). Runs on the owning thread."""
         pipeline = self._require_model()
         language = self._check_language(options.language, options.task)
         # whisperX's VAD hands the array to torch, which wants writeable memory; arrays from Ray's
@@ -152,16 +159,22 @@ class AsrHolder(ModelHolder[AsrConfig, Any]):
         chunks = whisper_decode.speech_chunks(pipeline.vad_model, audio, chunk_size_s=config.chunk_size_s,
                                               onset=config.vad_onset, offset=config.vad_offset)
         language = language or whisper_decode.detect_language(pipeline, audio, chunks)
-        settings = whisper_decode.DecodeSettings(
-            task=options.task, prompt=options.prompt, beam_size=config.beam_size,
-            temperature=options.temperature, batch_size=config.batch_size, word_timestamps=options.word_timestamps)
-        decoded = whisper_decode.decode(pipeline, audio, chunks, language, settings)
-        segments = tuple(
-            Segment(text=item.text.strip(), start_s=item.start_s, end_s=item.end_s, words=item.words,
-                    avg_logprob=item.avg_logprob)
-            for item in decoded if item.text.strip())
-        return AsrResult(language=language, segments=segments, duration_s=len(audio) / SAMPLE_RATE_HZ,
-                         word_source="whisper" if options.word_timestamps else None)
+        return AsrPlan(model=model_id, language=language, chunks=tuple(chunks),
+                       duration_s=len(audio) / SAMPLE_RATE_HZ)
+
+    def decode(self, tasks: list[ChunkTask]) -> list[DecodedChunk]:
+        """Decode chunks (of one request or many) in batches of the configured size; words from the
+        same tokens where a chunk asks for them. Runs on the owning thread."""
+        return whisper_decode.decode(self._require_model(), tasks, beam_size=self.config.beam_size,
+                                     batch_size=self.config.batch_size)
+
+    def transcribe(self, audio: np.ndarray, options: AsrOptions) -> AsrResult:
+        """Plan and decode one request here: what the ASR deployment does across its replicas, in one
+        holder (for use without Ray). Runs on the owning thread."""
+        plan = self.plan(audio, options, model_id=self.config.model)
+        tasks = chunk_tasks(plan, np.asarray(audio), task=options.task, prompt=options.prompt,
+                            temperature=options.temperature, word_timestamps=options.word_timestamps)
+        return assemble(plan, self.decode(tasks), word_timestamps=options.word_timestamps)
 
     def describe(self) -> dict[str, Any]:
         """What the loaded model can do."""
@@ -184,6 +197,7 @@ class AsrDeployment(ModelReplica[AsrDeploymentConfig, AsrConfig, AsrHolder]):
         # Whether the weights behind a source are multilingual, learnt from the loaded model; keyed by
         # source, so new weights behind a model id are asked again.
         self._multilingual: dict[str, bool] = {}
+        self._decoders: dict[str, WhileBusy[ChunkTask, DecodedChunk]] = {}  # per model id
 
     def model_specs(self, config: AsrDeploymentConfig) -> dict[str, AsrConfig]:
         return {model_id: config.spec_for(model_id) for model_id in config.models}
@@ -222,9 +236,31 @@ class AsrDeployment(ModelReplica[AsrDeploymentConfig, AsrConfig, AsrHolder]):
             "this server offers no multilingual model"
         raise BadRequest(f"the model {model_id} is English-only and cannot translate; {hint}", param="model")
 
-    async def transcribe(self, audio: np.ndarray, options: AsrOptions) -> AsrResult:
+    async def plan(self, audio: np.ndarray, options: AsrOptions) -> AsrPlan:
+        """The model, language and speech chunks of one request: VAD once, on this replica."""
         model_id = await self._model_for(options)
-        return await self.call(model_id, "transcribe", audio, options)
+        plan: AsrPlan = await self.call(model_id, "plan", audio, options, model_id)
+        return plan
+
+    async def decode_chunk(self, task: ChunkTask) -> DecodedChunk:
+        """One chunk, decoded in a batch with whatever other chunks (of any request) reach this replica
+        while its model is busy, up to `batch_size` (deployments/batching.py says why not `@serve.batch`).
+        Each model has its own queue: chunks for different models do not wait for each other."""
+        (result,) = await self._decoder(task.model).submit([task])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _decoder(self, model_id: str) -> WhileBusy[ChunkTask, DecodedChunk]:
+        decoder = self._decoders.get(model_id)
+        if decoder is None:
+            async def decode(tasks: list[ChunkTask]) -> list[DecodedChunk]:
+                decoded: list[DecodedChunk] = await self.call(model_id, "decode", tasks)
+                return decoded
+
+            decoder = self._decoders[model_id] = WhileBusy(decode, self.config.batch_size)
+        decoder.max_size, decoder.wait_s = self.config.batch_size, self.config.batch_wait_s  # as configured now
+        return decoder
 
     async def describe(self) -> dict[str, Any]:
         """The models offered, which one is the default, and which are loaded on this replica."""

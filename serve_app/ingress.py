@@ -33,6 +33,7 @@ from deployments.replica import route_logs_to_serve
 from serve_app import formats, media, uploads
 from serve_app.admission import Admission
 from serve_app.pipeline import TranscriptionPipeline, unwrap_remote_error
+from serve_app.progress import ProgressBoard
 from serve_app.schemas import TranscriptionRequest
 from serve_app.settings import AppArgs, ServiceSettings
 
@@ -154,9 +155,11 @@ class TranscriptionIngress:
         self._args = AppArgs.model_validate(args)
         self._settings = ServiceSettings()
         self._asr, self._alignment, self._diarization = asr, alignment, diarization
-        self._pipeline = TranscriptionPipeline(asr, alignment, diarization, put=ray.put,
-                                               model_aliases=frozenset(self._args.ingress.model_aliases))
         limits = self._args.ingress
+        self._pipeline = TranscriptionPipeline(asr, alignment, diarization, put=ray.put,
+                                               model_aliases=frozenset(limits.model_aliases),
+                                               max_chunks_in_flight=limits.max_chunks_in_flight)
+        self._progress = ProgressBoard()
         self._upload_limits = uploads.UploadLimits(
             max_bytes=int(limits.max_upload_mib * _MIB), idle_timeout_s=limits.upload_idle_timeout_s,
             min_rate_bytes_s=limits.min_upload_kib_s * 1024, grace_s=limits.upload_grace_s)
@@ -192,7 +195,7 @@ class TranscriptionIngress:
             self._authorize(request)
             limits = self._args.ingress
             # Admitted or refused before the upload is read: a refusal costs no upload and no decode.
-            with self._admission.admit() as ticket:
+            with self._admission.admit() as ticket, self._progress.track(request_id) as progress:
                 async with uploads.receive_form(request, self._upload_limits) as form:
                     ticket.uploaded()
                     parsed = _parse_fields(form.fields, task)
@@ -200,7 +203,7 @@ class TranscriptionIngress:
                                                        timeout_s=limits.decode_timeout_s,
                                                        memory_limit_mib=limits.decode_memory_limit_mib)
                 ticket.measured(decoded.duration_s)
-                result = await self._pipeline.run(decoded.samples, parsed)
+                result = await self._pipeline.run(decoded.samples, parsed, progress)
             transcript = replace(result, warnings=decoded.warnings)
             subtitles = limits.subtitles.model_copy(update={
                 k: v for k, v in (("max_line_chars", parsed.max_line_chars),
@@ -210,8 +213,9 @@ class TranscriptionIngress:
                                                  subtitles=subtitles)
         except Exception as e:  # noqa: BLE001 - every failure is answered through error_response
             return error_response(e, request_id)
-        logger.info("request %s: %s %.1f s of audio, %s, %.2f s", request_id, task, transcript.duration_s,
-                    parsed.response_format, time.perf_counter() - started)
+        logger.info("request %s: %s %.1f s of audio in %d chunks, %s, %.2f s", request_id, task,
+                    transcript.duration_s, progress.chunks_total or 0, parsed.response_format,
+                    time.perf_counter() - started)
         headers: dict[str, str] = {}  # Serve's proxy adds x-request-id to every response itself
         if decoded.warnings:
             # Every format carries them here, subtitles and plain text included; JSON bodies also
@@ -251,7 +255,7 @@ class TranscriptionIngress:
                 statuses[name] = {"enabled": True, "error": str(unwrap_remote_error(e)), "replicas": []}
         # This ingress replica's admission: audio queued, the measured speed, the wait a request would have.
         admission = asdict(self._admission.snapshot()) | {"max_queue_wait_s": self._admission.max_queue_wait_s}
-        return {"deployments": statuses, "admission": admission}
+        return {"deployments": statuses, "admission": admission, "requests": self._progress.snapshot()}
 
     @api.get("/v1/models/{model_id:path}")
     async def model(self, model_id: str) -> Response:

@@ -1,5 +1,10 @@
 """The request flow across the model deployments: ASR and diarization at once, then words, then speakers.
 
+ASR goes in two steps: the ASR deployment plans the request (VAD once, the language), then each speech
+chunk is its own call, so that Serve spreads one long file over every ASR replica and each replica
+batches chunks of all the requests it receives. The chunks come back in any order and are put back in
+the plan's.
+
 Handles are Ray Serve `DeploymentHandle`s in production and plain fakes in unit tests: this module
 only calls `handle.method.remote(...)` and awaits (or cancels) the result, and sends a call once more
 when the replica handling it was lost (`call_model`).
@@ -7,6 +12,7 @@ when the replica handling it was lost (`call_model`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -14,8 +20,10 @@ from typing import Any
 import numpy as np
 from ray.exceptions import RayActorError
 
+from core.chunks import AsrPlan, ChunkTask, DecodedChunk, assemble, chunk_tasks
 from core.errors import BadRequest, ModelUnavailable
 from core.transcript import AsrOptions, AsrResult, Segment, SpeakerOptions, Transcript, WordSource
+from serve_app.progress import Progress
 from serve_app.schemas import TranscriptionRequest
 from serve_app.speakers import assign_speakers, speakers_in_order
 
@@ -55,14 +63,17 @@ class TranscriptionPipeline:
     """Runs one request's audio through the deployments and returns the assembled transcript."""
 
     def __init__(self, asr: Any, alignment: Any | None, diarization: Any | None,
-                 put: Callable[[np.ndarray], Any], model_aliases: frozenset[str] = frozenset()) -> None:
+                 put: Callable[[np.ndarray], Any], model_aliases: frozenset[str] = frozenset(),
+                 max_chunks_in_flight: int = 32) -> None:
         self._asr = asr
         self._alignment = alignment
         self._diarization = diarization
         self._put = put
         self._model_aliases = model_aliases
+        self._max_chunks_in_flight = max_chunks_in_flight
 
-    async def run(self, samples: np.ndarray, request: TranscriptionRequest) -> Transcript:
+    async def run(self, samples: np.ndarray, request: TranscriptionRequest,
+                  progress: Progress | None = None) -> Transcript:
         if request.diarize and self._diarization is None:
             raise BadRequest("speaker diarization is not enabled on this server; send diarize=false",
                              param="diarize")
@@ -81,13 +92,17 @@ class TranscriptionPipeline:
             # never changes the text; an alignment model, where one covers the language, refines them.
             word_timestamps=request.needs_words,
         )
+        progress = progress or Progress("")
         try:
-            asr_result: AsrResult = await call_model(self._asr.transcribe, audio, asr_options)
+            asr_result = await self._transcribed(audio, samples, asr_options, progress)
             segments, word_source = list(asr_result.segments), asr_result.word_source
             if request.needs_words and segments and self._wants_alignment(request):
                 segments, word_source = await self._aligned(audio, asr_result)
+                progress.aligned = True
             turns = [] if diarization is None else await call_model(diarization.diarize, audio, speaker_options,
                                                                     sent=turns_response)
+            if diarization is not None:
+                progress.diarized = True
         except BaseException:
             if turns_response is not None:
                 turns_response.cancel()
@@ -97,6 +112,31 @@ class TranscriptionPipeline:
         return Transcript(task=request.task, language=asr_result.language, duration_s=asr_result.duration_s,
                           segments=segments, word_source=word_source if request.needs_words else None,
                           speakers=speakers_in_order(segments))
+
+    async def _transcribed(self, audio: Any, samples: np.ndarray, options: AsrOptions,
+                           progress: Progress) -> AsrResult:
+        """Plan on one ASR replica, then every chunk decoded where Serve sends it, at most
+        `max_chunks_in_flight` at a time, counted into `progress` as each comes back."""
+        plan: AsrPlan = await call_model(self._asr.plan, audio, options)
+        progress.planned(len(plan.chunks), plan.duration_s)
+        tasks = chunk_tasks(plan, samples, task=options.task, prompt=options.prompt,
+                            temperature=options.temperature, word_timestamps=options.word_timestamps)
+        window = asyncio.Semaphore(self._max_chunks_in_flight)
+
+        async def decode(task: ChunkTask) -> DecodedChunk:
+            async with window:
+                decoded: DecodedChunk = await call_model(self._asr.decode_chunk, task)
+            progress.chunk_done()
+            return decoded
+
+        calls = [asyncio.ensure_future(decode(task)) for task in tasks]
+        try:
+            decoded = await asyncio.gather(*calls)
+        except BaseException:
+            for call in calls:  # the chunks still waiting or in flight are not wanted any more
+                call.cancel()
+            raise
+        return assemble(plan, list(decoded), word_timestamps=options.word_timestamps)
 
     def _wants_alignment(self, request: TranscriptionRequest) -> bool:
         # Translated text cannot be aligned to the source-language audio by a CTC model.

@@ -33,6 +33,10 @@ class IngressConfig(BaseModel):
                                     "expected wait for the audio queued ahead of it is longer, seconds")
     initial_speed: float = Field(10, gt=0, description="audio seconds per second the service is assumed to "
                                  "process until it has measured itself (admission's first estimate)")
+    max_chunks_in_flight: int = Field(32, ge=1, le=1024, description="speech chunks of one request sent to the "
+                                      "ASR deployment at once; more wait until one is done, so requests take "
+                                      "turns at the replicas. At least batch_size x ASR replicas, or a long "
+                                      "file cannot use every replica")
     decode_timeout_s: float = Field(300, gt=0, description="wall-clock limit for decoding one upload, seconds")
     decode_memory_limit_mib: int = Field(4096, ge=256, description="address-space limit of the decoder process, MiB")
     model_aliases: list[str] = Field(["whisper-1"], description="extra model ids accepted in requests and "

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests import speech
+from tests import real_speech, speech
+from tests.audio_samples import pyannote_sample_wav_bytes
 from tests.integration.conftest import conversation, paragraph, paragraph_wav, transcribe
 
 pytestmark = pytest.mark.serve
@@ -55,3 +57,29 @@ def test_three_speaker_conversation(client):
     assert len(wrong) <= len(body["words"]) * 0.05, wrong
     reference = " ".join(t.text for t in turns)
     assert speech.word_error_rate(reference, body["text"]) < 0.2
+
+
+def _with_retry(client, data: bytes) -> dict:
+    """verbose_json with words; a request shed with 503 (admission) is sent again after its Retry-After."""
+    for _ in range(10):
+        response = transcribe(client, data, response_format="verbose_json", **{"timestamp_granularities[]": ["word"]})
+        if response.status_code != 503:
+            break
+        time.sleep(float(response.headers.get("retry-after", "1")))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_a_requests_text_and_word_times_do_not_depend_on_the_company_it_keeps(client):
+    # Real recordings of 5-77 s (1-3 speech chunks each): each alone, then each twice among 7 others, so
+    # their chunks share batches with other requests' chunks.
+    clips = {"pause": real_speech.wav_bytes("pause_in_first_window"), "call": pyannote_sample_wav_bytes(),
+             "jfk": speech.to_wav_bytes(real_speech.clip("jfk").audio),
+             "reader": speech.to_wav_bytes(real_speech.clip("reader-0870").audio)}
+    alone = {name: _with_retry(client, data) for name, data in clips.items()}
+    names = list(clips) * 2
+    with ThreadPoolExecutor(len(names)) as pool:
+        together = list(pool.map(lambda name: _with_retry(client, clips[name]), names))
+    for name, body in zip(names, together, strict=True):
+        assert body["text"] == alone[name]["text"], name
+        assert body["words"] == alone[name]["words"], f"{name}: word times changed with company"

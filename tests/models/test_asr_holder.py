@@ -5,11 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.chunks import chunk_tasks
 from core.errors import BadRequest, UnsupportedLanguage
 from core.transcript import AsrOptions
 from deployments.asr import AsrConfig, AsrHolder
 from tests.audio_samples import pyannote_sample
-from tests.speech import word_error_rate
+from tests.real_speech import build
+from tests.speech import synthesize, word_error_rate
+
+GERMAN = "Guten Morgen. Heute ist das Wetter sehr schön, und wir gehen in den Park."
 
 pytestmark = pytest.mark.models
 
@@ -105,3 +109,54 @@ def test_multilingual_base_detects_language_and_tears_down():
     assert report is not None and report.model == "bundled/base"
     assert report.loaded.rss_bytes > report.baseline.rss_bytes
     assert holder.model is None
+
+
+def _tasks(holder: AsrHolder, audio: np.ndarray, options: AsrOptions) -> list:
+    plan = holder.run(holder.plan, audio, options, holder.config.model)
+    return chunk_tasks(plan, audio, task=options.task, prompt=options.prompt, temperature=options.temperature,
+                       word_timestamps=options.word_timestamps)
+
+
+def _same(a, b) -> bool:
+    return (a.tokens, a.text, a.words, a.start_s, a.end_s) == (b.tokens, b.text, b.words, b.start_s, b.end_s)
+
+
+def test_a_chunk_decodes_the_same_alone_and_among_other_requests_chunks(tiny: AsrHolder):
+    # Chunks of two real recordings with words, a third request's with a prompt and one sampled at a
+    # temperature (another search: its own batch): each beam-search chunk gives the same tokens, text
+    # and word times alone as in a shuffled batch with the others.
+    call, _ = pyannote_sample()
+    pause = np.array(build("pause_in_first_window").audio)
+    mine = _tasks(tiny, call, AsrOptions(word_timestamps=True)) + _tasks(tiny, pause, AsrOptions(word_timestamps=True))
+    others = _tasks(tiny, call[: 16_000 * 12], AsrOptions(prompt="Diane and Sheila on the phone.")) + \
+        _tasks(tiny, call[16_000 * 12:], AsrOptions(temperature=0.4))
+    alone = [tiny.run(tiny.decode, [task])[0] for task in mine]
+    mixed = mine + others
+    order = list(np.random.default_rng(0).permutation(len(mixed)))
+    decoded = tiny.run(tiny.decode, [mixed[i] for i in order])
+    by_task = {i: item for i, item in zip(order, decoded, strict=True)}
+    assert len(mine) >= 4 and all(item.words for item in alone)
+    for i, single in enumerate(alone):
+        assert _same(single, by_task[i]), f"chunk {mine[i].chunk} changed in company"
+    assert all(by_task[len(mine) + i].text.strip() for i in range(len(others)))
+
+
+def test_languages_and_tasks_mixed_in_one_batch_decode_as_they_do_alone():
+    # base is multilingual: English and German chunks with words, and a translation, in one batch. Words
+    # are aligned per language and task (CTranslate2 aligns a batch under one start sequence).
+    english, _ = pyannote_sample()
+    german = synthesize(GERMAN, "de")
+    holder = AsrHolder(AsrConfig(model="bundled/base", cpu_threads=2))
+    try:
+        tasks = (_tasks(holder, english[: 16_000 * 15], AsrOptions(word_timestamps=True))
+                 + _tasks(holder, german, AsrOptions(word_timestamps=True))
+                 + _tasks(holder, german, AsrOptions(task="translate")))
+        assert {(t.language, t.task) for t in tasks} == {("en", "transcribe"), ("de", "transcribe"),
+                                                          ("de", "translate")}
+        alone = [holder.run(holder.decode, [task])[0] for task in tasks]
+        together = holder.run(holder.decode, tasks)
+    finally:
+        holder.close()
+    for task, single, batched in zip(tasks, alone, together, strict=True):
+        assert _same(single, batched), f"{task.language} {task.task} chunk changed in company"
+    assert together[1].words and together[1].text != together[2].text, "German words; English translation"

@@ -11,6 +11,7 @@ from core.errors import BadRequest
 from core.transcript import AsrOptions
 from deployments.asr import AsrDeployment
 from tests.audio_samples import pyannote_sample
+from tests.replica_calls import transcribe_on
 from tests.speech import word_error_rate
 
 pytestmark = pytest.mark.models
@@ -31,9 +32,9 @@ async def test_models_are_chosen_per_request_evicted_and_unloaded_when_idle():
         assert list(replica.status()["loaded"]) == ["tiny.en"], "the default loads at start-up"
         with pytest.raises(BadRequest, match="model=base"):
             # tiny.en is English-only and no translation_model is configured: the 400 names base.
-            await replica.transcribe(clip, AsrOptions(task="translate"))
+            await transcribe_on(replica, clip, AsrOptions(task="translate"))
 
-        result = await replica.transcribe(audio, AsrOptions(model="base"))
+        result = await transcribe_on(replica, audio, AsrOptions(model="base"))
         assert word_error_rate(reference, " ".join(s.text for s in result.segments)) < WER_BOUND
         status = replica.status()
         assert list(status["loaded"]) == ["base"], "at most one model: tiny.en was evicted"
@@ -56,7 +57,7 @@ async def test_models_are_chosen_per_request_evicted_and_unloaded_when_idle():
         assert status["last_teardown"]["model"] == "bundled/base"
 
         # The default loads again on its next request.
-        result = await replica.transcribe(clip, AsrOptions())
+        result = await transcribe_on(replica, clip, AsrOptions())
         assert result.segments and list(replica.status()["loaded"]) == ["tiny.en"]
         described = await replica.describe()
         assert [(m["id"], m["loaded"]) for m in described["models"]] == [("tiny.en", True), ("base", False)]

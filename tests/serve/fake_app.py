@@ -6,10 +6,12 @@ Each fake holder loads a small numpy array instantly and, when it is torn down, 
 `<holder class> <model name, as status shows it> <pid>` to the file named by $FAKE_TEARDOWN_LOG (if
 set), so a test can see which teardowns ran in the replicas' processes.
 
-Under load, the fake ASR and diarization holders can be made slow and watched: each `transcribe` and
-`diarize` sleeps $FAKE_MODEL_DELAY_S seconds (if set), so calls are in flight when a replica is killed,
+Under load, the fake ASR and diarization holders can be made slow and watched: each ASR `decode` batch
+and each `diarize` sleeps $FAKE_MODEL_DELAY_S seconds (if set), so calls are in flight when a replica is killed,
 and first appends `<holder class> <pid> <samples>` to the file named by $FAKE_CALL_LOG (if set), so a
-test that sends each request with its own length of audio can see which calls were sent twice.
+test that sends each request with its own length of audio can see which calls were sent twice. Each ASR
+`decode` batch also appends `<pid> <samples of each chunk, comma-separated>` to $FAKE_BATCH_LOG (if set),
+so a test can see which chunks shared a batch, and on which replica.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import numpy as np
 from ray.serve import Application
 
 from core.audio import SAMPLE_RATE_HZ
+from core.chunks import AsrPlan, ChunkTask, DecodedChunk, SpeechChunk
 from core.errors import ModelUnavailable
-from core.transcript import AsrOptions, AsrResult, Segment, SpeakerOptions, SpeakerTurn, Word
+from core.transcript import AsrOptions, Segment, SpeakerOptions, SpeakerTurn, Word
 from deployments.alignment import AlignmentModel, AlignmentModelHolder, AlignmentModelSpec
 from deployments.asr import AsrConfig, AsrHolder
 from deployments.diarization import DiarizationConfig, DiarizationHolder
@@ -33,6 +36,7 @@ from serve_app.settings import AppArgs
 TEARDOWN_LOG_ENV = "FAKE_TEARDOWN_LOG"
 DELAY_ENV = "FAKE_MODEL_DELAY_S"
 CALL_LOG_ENV = "FAKE_CALL_LOG"
+BATCH_LOG_ENV = "FAKE_BATCH_LOG"
 # Resources and timing only; the graph and every user_config are build_app's. A tenth of a CPU each: the
 # graph fits on two cores beside Serve's own actors. An idle replica stops after one 0.1 s drain check,
 # not Serve's default 2 s.
@@ -47,13 +51,14 @@ def _log_teardown(holder: Any) -> None:
             log.write(f"{type(holder).__name__} {holder.model_name(holder.config)} {os.getpid()}\n")
 
 
-def _model_call(holder: Any, audio: np.ndarray) -> None:
+def _model_call(holder: Any, audio: np.ndarray, *, delay: bool = True) -> None:
     """The start of a fake model call: logged and slowed down when the environment says so."""
     path = os.environ.get(CALL_LOG_ENV)
     if path:
         with open(path, "a") as log:
             log.write(f"{type(holder).__name__} {os.getpid()} {len(audio)}\n")
-    time.sleep(float(os.environ.get(DELAY_ENV, "0")))
+    if delay:
+        time.sleep(float(os.environ.get(DELAY_ENV, "0")))
 
 
 def _words(text: str, start_s: float, end_s: float) -> tuple[Word, ...]:
@@ -82,15 +87,33 @@ class FakeAsrHolder(AsrHolder):
     def multilingual(self) -> bool:
         return not self.config.model.endswith(".en")
 
-    def transcribe(self, audio: np.ndarray, options: AsrOptions) -> AsrResult:
+    def plan(self, audio: np.ndarray, options: AsrOptions, model_id: str) -> AsrPlan:
+        """One chunk per 30 s of audio, as if all of it were speech."""
         self._require_model()
-        _model_call(self, audio)
         language = self._check_language(options.language, options.task) or "en"
         duration_s = len(audio) / SAMPLE_RATE_HZ
-        text = f"{options.task} by {self.config.model}"
-        words = _words(text, 0.0, duration_s) if options.word_timestamps else ()
-        return AsrResult(language=language, segments=(Segment(text=text, start_s=0.0, end_s=duration_s, words=words),),
-                         duration_s=duration_s, word_source="whisper" if options.word_timestamps else None)
+        starts = np.arange(0.0, duration_s, 30.0)
+        chunks = tuple(SpeechChunk(float(s), float(min(s + 30.0, duration_s))) for s in starts)
+        return AsrPlan(model=model_id, language=language, chunks=chunks, duration_s=duration_s)
+
+    def decode(self, tasks: list[ChunkTask]) -> list[DecodedChunk]:
+        """'<task> by <model source>' per chunk, its words spread evenly; each batch takes
+        $FAKE_MODEL_DELAY_S."""
+        self._require_model()
+        for task in tasks:
+            _model_call(self, task.audio, delay=False)
+        path = os.environ.get(BATCH_LOG_ENV)
+        if path:
+            with open(path, "a") as log:
+                log.write(f"{os.getpid()} {','.join(str(len(task.audio)) for task in tasks)}\n")
+        time.sleep(float(os.environ.get(DELAY_ENV, "0")))
+        decoded = []
+        for task in tasks:
+            text = f"{task.task} by {self.config.model}"
+            words = _words(text, task.chunk.start_s, task.chunk.end_s) if task.word_timestamps else ()
+            decoded.append(DecodedChunk(task.chunk, text, (), 0.0, words=words, start_s=task.chunk.start_s,
+                                        end_s=task.chunk.end_s))
+        return decoded
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.config.model, "multilingual": self.multilingual}

@@ -25,24 +25,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve_config(port: int, asr_user_config: dict[str, Any] | None = None):
+def serve_config(port: int, asr_user_config: dict[str, Any] | None = None,
+                 asr_options: dict[str, Any] | None = None):
     """The Serve config of the fake app; `asr_user_config` overrides the ASR deployment's, as an operator's
-    edited serve_config.yaml would."""
+    edited serve_config.yaml would, and `asr_options` its deployment options (num_replicas, ...)."""
     from ray.serve.schema import ServeDeploySchema
 
     app: dict[str, Any] = {"name": APP, "route_prefix": "/", "import_path": "tests.serve.fake_app:build",
                            "args": ARGS}
-    if asr_user_config is not None:
-        app["deployments"] = [{"name": "AsrDeployment", "user_config": asr_user_config}]
+    if asr_user_config is not None or asr_options:
+        overrides = {"user_config": asr_user_config} if asr_user_config is not None else {}
+        app["deployments"] = [{"name": "AsrDeployment", **overrides, **(asr_options or {})}]
     return ServeDeploySchema.model_validate({
         "proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [app]})
 
 
 @contextmanager
-def fake_app_served(port: int, env: dict[str, str] | None = None) -> Iterator[str]:
+def fake_app_served(port: int, env: dict[str, str] | None = None,
+                    asr_options: dict[str, Any] | None = None) -> Iterator[str]:
     """Start a Ray, deploy the fake app on `port` and yield its base URL; Serve and Ray are shut down after.
-    `env` goes to every replica's environment."""
+    `env` goes to every replica's environment, `asr_options` to the ASR deployment's options."""
     import ray
     from ray import serve
     from ray.serve._private.constants import SERVE_NAMESPACE
@@ -54,7 +57,7 @@ def fake_app_served(port: int, env: dict[str, str] | None = None) -> Iterator[st
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=SERVE_NAMESPACE,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), **RAY_ENV, **(env or {})}})
     try:
-        yield deploy(serve_config(port), timeout_s=WAIT_S)
+        yield deploy(serve_config(port, asr_options=asr_options), timeout_s=WAIT_S)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -19,8 +20,11 @@ class FakeResponse:
 
     async def _run(self) -> Any:
         await asyncio.sleep(0)
+        result = self._fn()
+        if inspect.isawaitable(result):  # a fake method that takes its time
+            result = await result
         self._log.append(f"{self._name}:done")
-        return self._fn()
+        return result
 
     def cancel(self) -> None:
         self.cancelled = True

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from ray.exceptions import ActorDiedError, ActorUnavailableError
 
+from core.chunks import AsrPlan, DecodedChunk, SpeechChunk
 from core.errors import BadRequest, ModelUnavailable
-from core.transcript import AsrResult, Segment, SpeakerTurn, Word
+from core.transcript import Segment, SpeakerTurn, Word
 from serve_app.pipeline import TranscriptionPipeline
 from serve_app.schemas import TranscriptionRequest
 from tests.unit.fakes import FakeHandle, failing_first
@@ -21,10 +22,30 @@ WORDS = (
 TURNS = [SpeakerTurn("SPEAKER_00", 0.0, 1.2), SpeakerTurn("SPEAKER_01", 1.8, 3.2)]
 
 
-def asr_fn(audio, options):
-    if options.word_timestamps:
-        return AsrResult(language=options.language or "en", segments=WORDS, duration_s=4.0, word_source="whisper")
-    return AsrResult(language=options.language or "en", segments=SEGMENTS, duration_s=4.0)
+CHUNKS = (SpeechChunk(0.0, 1.0), SpeechChunk(2.0, 3.0))
+
+
+def plan_fn(audio, options):
+    return AsrPlan(model=options.model or "tiny.en", language=options.language or "en", chunks=CHUNKS,
+                   duration_s=4.0)
+
+
+def decode_fn(task):
+    segment = (WORDS if task.word_timestamps else SEGMENTS)[CHUNKS.index(task.chunk)]
+    return DecodedChunk(task.chunk, segment.text, (), 0.0, words=segment.words, start_s=segment.start_s,
+                        end_s=segment.end_s)
+
+
+def asr_handle(log, plan=plan_fn, decode_chunk=decode_fn):
+    return FakeHandle(log, plan=plan, decode_chunk=decode_chunk)
+
+
+def plan_calls(asr):
+    return [args for name, args in asr.calls if name == "plan"]
+
+
+def decoded_tasks(asr):
+    return [args[0] for name, args in asr.calls if name == "decode_chunk"]
 
 
 ALIGNED = tuple(s.with_words(tuple(Word(w.text, w.start_s + 0.01, w.end_s) for w in s.words)) for s in WORDS)
@@ -40,7 +61,7 @@ def make(alignment_models=None, *, alignment_fn=None, diarization=True):
         return list(ALIGNED) if language in covered else None
 
     log: list[str] = []
-    asr = FakeHandle(log, transcribe=asr_fn)
+    asr = asr_handle(log)
     alignment = FakeHandle(log, align=alignment_fn or align)
     diar = FakeHandle(log, diarize=lambda audio, options: TURNS) if diarization else None
     pipeline = TranscriptionPipeline(asr, alignment, diar, put=lambda samples: ("ref", id(samples)))
@@ -54,8 +75,9 @@ def request(**fields) -> TranscriptionRequest:
 async def test_plain_json_runs_asr_only_without_words():
     pipeline, asr, alignment, diar, _ = make({"en": "some/model"})
     transcript = await pipeline.run(AUDIO, request())
-    assert [c[0] for c in asr.calls] == ["transcribe"]
-    assert asr.calls[0][1][1].word_timestamps is False
+    assert [c[0] for c in asr.calls] == ["plan", "decode_chunk", "decode_chunk"]
+    assert plan_calls(asr)[0][1].word_timestamps is False
+    assert [t.word_timestamps for t in decoded_tasks(asr)] == [False, False]
     assert alignment.calls == [] and diar.calls == []
     assert transcript.text == "hello there general kenobi"
     assert transcript.word_source is None
@@ -64,32 +86,32 @@ async def test_plain_json_runs_asr_only_without_words():
 async def test_audio_is_put_once_and_the_same_reference_reaches_every_deployment():
     pipeline, asr, alignment, diar, _ = make({"en": "some/model"})
     await pipeline.run(AUDIO, request(diarize=True, response_format="srt"))
-    refs = {asr.calls[0][1][0], alignment.calls[0][1][0], diar.calls[0][1][0]}
+    refs = {plan_calls(asr)[0][0], alignment.calls[0][1][0], diar.calls[0][1][0]}
     assert refs == {("ref", id(AUDIO))}
 
 
 async def test_diarization_is_sent_before_asr_is_awaited():
     pipeline, _asr, _, _diar, log = make()
     await pipeline.run(AUDIO, request(diarize=True))
-    assert log.index("diarize:sent") < log.index("transcribe:done"), log
+    assert log.index("diarize:sent") < log.index("plan:done"), log
 
 
 async def test_words_come_from_alignment_when_a_model_covers_the_language():
     pipeline, asr, alignment, _, _ = make({"en": "some/model"})
     transcript = await pipeline.run(AUDIO, request(language="en", response_format="verbose_json",
                                                    timestamp_granularities=["word"]))
-    assert asr.calls[0][1][1].word_timestamps is True, "Whisper's words come from the one decode"
+    assert all(t.word_timestamps for t in decoded_tasks(asr)), "Whisper's words come from the one decode"
     assert alignment.calls[0][1][2] == "en", "alignment is asked in the detected language"
     assert transcript.word_source == "alignment"
     assert [w.text for w in transcript.words] == ["hello", "there", "general", "kenobi"]
     assert transcript.words[0].start_s == pytest.approx(0.01), "the alignment deployment's times are used"
-    assert len(asr.calls) == 1
+    assert len(decoded_tasks(asr)) == len(CHUNKS), "each chunk decoded once"
 
 
 async def test_words_come_from_whisper_in_one_pass_when_no_model_covers_the_language():
     pipeline, asr, alignment, _, _ = make({})
     transcript = await pipeline.run(AUDIO, request(language="en", response_format="srt"))
-    assert len(asr.calls) == 1 and asr.calls[0][1][1].word_timestamps is True
+    assert len(decoded_tasks(asr)) == len(CHUNKS) and all(t.word_timestamps for t in decoded_tasks(asr))
     assert len(alignment.calls) == 1, "the alignment deployment, not the ingress, says what it covers"
     assert transcript.word_source == "whisper"
     assert transcript.words[0].start_s == 0.0
@@ -102,7 +124,7 @@ async def test_unloadable_alignment_model_falls_back_to_whisper_words():
     pipeline, asr, alignment, _, _ = make({"en": "some/model"}, alignment_fn=unavailable)
     transcript = await pipeline.run(AUDIO, request(language="en", response_format="srt"))
     assert len(alignment.calls) == 1
-    assert len(asr.calls) == 1, "no second recognition pass: Whisper's words came with the text"
+    assert len(decoded_tasks(asr)) == len(CHUNKS), "no second recognition pass: words came with the text"
     assert transcript.word_source == "whisper" and len(transcript.words) == 4
 
 
@@ -124,7 +146,7 @@ async def test_alignment_disabled_per_request_uses_whisper_words():
 async def test_translation_never_aligns():
     pipeline, asr, alignment, _, _ = make({"en": "some/model"})
     transcript = await pipeline.run(AUDIO, request(task="translate", response_format="srt"))
-    assert alignment.calls == [] and asr.calls[0][1][1].task == "translate"
+    assert alignment.calls == [] and {t.task for t in decoded_tasks(asr)} == {"translate"}
     assert transcript.task == "translate"
 
 
@@ -156,7 +178,7 @@ async def test_asr_failure_cancels_diarization():
     def failing(audio, options):
         raise ModelUnavailable("asr down")
 
-    asr = FakeHandle(log, transcribe=failing)
+    asr = asr_handle(log, plan=failing)
     diar = FakeHandle(log, diarize=lambda audio, options: TURNS)
     pipeline = TranscriptionPipeline(asr, None, diar, put=lambda s: s)
     with pytest.raises(ModelUnavailable):
@@ -166,13 +188,15 @@ async def test_asr_failure_cancels_diarization():
 
 async def test_aliases_are_not_sent_to_asr_but_real_model_ids_are():
     log: list[str] = []
-    asr = FakeHandle(log, transcribe=asr_fn)
+    asr = asr_handle(log)
     pipeline = TranscriptionPipeline(asr, None, None, put=lambda s: s,
                                      model_aliases=frozenset({"whisper-1"}))
     await pipeline.run(AUDIO, request())
     await pipeline.run(AUDIO, request(model="base"))
     await pipeline.run(AUDIO, TranscriptionRequest.model_validate({}))
-    assert [c[1][1].model for c in asr.calls] == [None, "base", None]
+    assert [args[1].model for args in plan_calls(asr)] == [None, "base", None]
+    assert [t.model for t in decoded_tasks(asr)] == ["tiny.en"] * 2 + ["base"] * 2 + ["tiny.en"] * 2, \
+        "chunks go to the model the plan chose"
 
 
 async def test_the_text_does_not_depend_on_the_response_format():
@@ -188,23 +212,30 @@ LOST = {"died": ActorDiedError, "unavailable": lambda: ActorUnavailableError("co
 
 
 def lose_replica(method: str, times: int, error=ActorDiedError):
-    """A pipeline whose `method` ("transcribe", "align" or "diarize") is lost with its replica on its first
+    """A pipeline whose `method` ("plan", "decode_chunk", "align" or "diarize") is lost with its replica on its first
     `times` calls, and the handles."""
     log: list[str] = []
 
     def align(audio, segments, language):
         return list(ALIGNED)
 
-    fns = {"transcribe": asr_fn, "align": align, "diarize": lambda audio, options: TURNS}
+    fns = {"plan": plan_fn, "decode_chunk": decode_fn, "align": align, "diarize": lambda audio, options: TURNS}
     fns[method] = failing_first(times, error, fns[method])
-    asr = FakeHandle(log, transcribe=fns["transcribe"])
+    asr = asr_handle(log, plan=fns["plan"], decode_chunk=fns["decode_chunk"])
     alignment = FakeHandle(log, align=fns["align"])
     diar = FakeHandle(log, diarize=fns["diarize"])
     return TranscriptionPipeline(asr, alignment, diar, put=lambda s: ("ref", id(s))), asr, alignment, diar
 
 
+def _same_args(a: tuple, b: tuple) -> bool:
+    # A chunk task holds a numpy array, which == compares element-wise: compare what it describes.
+    def key(args: tuple) -> tuple:
+        return tuple((x.chunk, x.audio.tobytes()) if hasattr(x, "chunk") else x for x in args)
+    return key(a) == key(b)
+
+
 @pytest.mark.parametrize("error", LOST.values(), ids=LOST.keys())
-@pytest.mark.parametrize("method", ["transcribe", "align", "diarize"])
+@pytest.mark.parametrize("method", ["plan", "decode_chunk", "align", "diarize"])
 async def test_a_call_lost_with_its_replica_is_sent_once_more_with_the_same_arguments(method, error):
     pipeline, *handles = lose_replica(method, 1, error)
     transcript = await pipeline.run(AUDIO, request(diarize=True, response_format="srt"))
@@ -213,11 +244,14 @@ async def test_a_call_lost_with_its_replica_is_sent_once_more_with_the_same_argu
     for handle in handles:
         for name, args in handle.calls:
             calls.setdefault(name, []).append(args)
-    assert len(calls[method]) == 2 and calls[method][0] == calls[method][1]
-    assert all(len(sent) == 1 for name, sent in calls.items() if name != method)
+    sent_once = {"decode_chunk": len(CHUNKS)}
+    assert len(calls[method]) == sent_once.get(method, 1) + 1
+    # The first call failed; the last one is that call once more (other chunks went out in between).
+    assert _same_args(calls[method][0], calls[method][-1]), "sent once more with the same arguments"
+    assert all(len(sent) == sent_once.get(name, 1) for name, sent in calls.items() if name != method)
 
 
-@pytest.mark.parametrize("method", ["transcribe", "diarize"])
+@pytest.mark.parametrize("method", ["plan", "diarize"])
 async def test_a_call_lost_twice_is_a_503_that_says_to_retry(method):
     pipeline, *handles = lose_replica(method, 2)
     with pytest.raises(ModelUnavailable, match=r"a model replica failed.*retry") as error:
@@ -235,7 +269,96 @@ async def test_alignment_lost_twice_falls_back_to_whisper_words():
 @pytest.mark.parametrize("error", [lambda: BadRequest("English only", param="language"),
                                    lambda: RuntimeError("bug")], ids=["service-error", "bug"])
 async def test_an_error_the_replica_raised_is_not_retried(error):
-    pipeline, asr, _, _ = lose_replica("transcribe", 1, error)
+    pipeline, asr, _, _ = lose_replica("plan", 1, error)
     with pytest.raises((BadRequest, RuntimeError)):
         await pipeline.run(AUDIO, request())
     assert len(asr.calls) == 1
+
+
+# --- chunks: order, window, progress ----------------------------------------------------------------
+
+MANY = tuple(SpeechChunk(float(i), i + 0.5) for i in range(12))
+
+
+def many_chunks_asr(log, delays=None, in_flight=None):
+    """An ASR handle planning MANY chunks; each decode takes its time (`delays`, later chunks sooner)
+    and counts how many are in flight at once."""
+    import asyncio
+
+    def plan(audio, options):
+        return AsrPlan(model="tiny.en", language="en", chunks=MANY, duration_s=12.0)
+
+    def decode(task):
+        async def run():
+            in_flight.append(in_flight[-1] + 1 if in_flight else 1)
+            await asyncio.sleep((delays or {}).get(task.chunk, 0.0))
+            in_flight.append(in_flight[-1] - 1)
+            return DecodedChunk(task.chunk, f"chunk {MANY.index(task.chunk)}", (), 0.0,
+                                start_s=task.chunk.start_s, end_s=task.chunk.end_s)
+        return run()
+
+    return asr_handle(log, plan=plan, decode_chunk=decode)
+
+
+async def test_chunks_finished_out_of_order_come_back_in_the_plans_order():
+    in_flight: list[int] = []
+    delays = {chunk: 0.001 * (len(MANY) - i) for i, chunk in enumerate(MANY)}  # the last finishes first
+    asr = many_chunks_asr([], delays, in_flight)
+    pipeline = TranscriptionPipeline(asr, None, None, put=lambda s: s)
+    transcript = await pipeline.run(np.zeros(16_000 * 12, np.float32), request())
+    assert [s.text for s in transcript.segments] == [f"chunk {i}" for i in range(len(MANY))]
+
+
+async def test_each_chunk_carries_its_own_samples_and_the_previous_chunks_end():
+    audio = np.arange(16_000 * 12, dtype=np.float32)
+    asr = many_chunks_asr([], in_flight=[])
+    await TranscriptionPipeline(asr, None, None, put=lambda s: s).run(audio, request())
+    tasks = decoded_tasks(asr)
+    assert [t.chunk for t in tasks] == list(MANY)
+    assert all(np.array_equal(t.audio, t.chunk.samples(audio)) for t in tasks)
+    assert [t.previous_end_s for t in tasks] == [0.0] + [c.end_s for c in MANY[:-1]]
+
+
+async def test_no_more_than_the_window_of_one_requests_chunks_are_in_flight():
+    in_flight: list[int] = []
+    asr = many_chunks_asr([], {chunk: 0.002 for chunk in MANY}, in_flight)
+    pipeline = TranscriptionPipeline(asr, None, None, put=lambda s: s, max_chunks_in_flight=3)
+    await pipeline.run(np.zeros(16_000 * 12, np.float32), request())
+    assert max(in_flight) == 3, in_flight
+
+
+async def test_progress_counts_every_chunk_and_the_stages_asked_for():
+    from serve_app.progress import Progress
+
+    seen: list[tuple[int | None, int]] = []
+    progress = Progress("r1")
+    asr = many_chunks_asr([], in_flight=[])
+    original = progress.chunk_done
+
+    def counted() -> None:
+        original()
+        seen.append((progress.chunks_total, progress.chunks_done))
+
+    progress.chunk_done = counted  # type: ignore[method-assign]
+    pipeline = TranscriptionPipeline(asr, FakeHandle([], align=lambda a, s, lang: None),
+                                     FakeHandle([], diarize=lambda audio, options: TURNS), put=lambda s: s)
+    await pipeline.run(np.zeros(16_000 * 12, np.float32), request(diarize=True), progress)
+    assert seen == [(len(MANY), i) for i in range(1, len(MANY) + 1)]
+    # Speakers are assigned by word, so a diarized request has its words aligned first.
+    assert (progress.audio_s, progress.aligned, progress.diarized) == (12.0, True, True)
+
+
+async def test_a_failed_chunk_fails_the_request_and_cancels_the_chunks_still_waiting():
+    def plan(audio, options):
+        return AsrPlan(model="tiny.en", language="en", chunks=MANY, duration_s=12.0)
+
+    def decode(task):
+        if task.chunk == MANY[0]:
+            raise ModelUnavailable("replica out of memory")
+        return decode_fn(task)
+
+    asr = asr_handle([], plan=plan, decode_chunk=decode)
+    pipeline = TranscriptionPipeline(asr, None, None, put=lambda s: s, max_chunks_in_flight=2)
+    with pytest.raises(ModelUnavailable):
+        await pipeline.run(np.zeros(16_000 * 12, np.float32), request())
+    assert len(decoded_tasks(asr)) < len(MANY), "chunks behind the window were never sent"

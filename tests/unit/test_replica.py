@@ -18,6 +18,7 @@ from deployments.asr import AsrConfig, AsrDeployment
 from deployments.diarization import DiarizationDeployment
 from deployments.holder import DeviceConfig, ModelHolder
 from deployments.replica import SINGLE_MODEL, ModelReplica
+from tests.replica_calls import transcribe_on
 from tests.serve.fake_app import FakeAlignmentHolder, FakeAsrHolder, FakeDiarizationHolder
 
 MIB = 1024 * 1024
@@ -97,7 +98,7 @@ async def test_a_refused_update_keeps_the_running_models(make_asr):
         await replica.reconfigure({"models": MODELS, "modle": "x"})
     with pytest.raises(ValueError, match="default_model 'nope' is not one of models"):
         await replica.reconfigure({"models": MODELS, "default_model": "nope"})
-    result = await replica.transcribe(AUDIO, AsrOptions())
+    result = await transcribe_on(replica, AUDIO, AsrOptions())
     assert result.segments[0].text == "transcribe by fake/tiny.en" and loaded(replica) == ["tiny.en"]
 
 
@@ -105,7 +106,7 @@ async def test_a_model_that_cannot_load_fails_the_update_and_the_old_one_keeps_s
     replica = await make_asr()
     with pytest.raises(ModelUnavailable, match=r"no model missing/tiny\.en"):
         await replica.reconfigure({"models": {**MODELS, "tiny.en": "missing/tiny.en"}})
-    result = await replica.transcribe(AUDIO, AsrOptions())
+    result = await transcribe_on(replica, AUDIO, AsrOptions())
     assert result.segments[0].text == "transcribe by fake/tiny.en"
     assert replica.health_problem() is None
 
@@ -139,7 +140,7 @@ async def test_an_unchanged_identity_reloads_nothing(make_asr):
 
 async def test_models_no_longer_offered_are_unloaded_as_removed(make_asr):
     replica = await make_asr()
-    await replica.transcribe(AUDIO, AsrOptions(model="base"))
+    await transcribe_on(replica, AUDIO, AsrOptions(model="base"))
     await replica.reconfigure({"models": {"tiny.en": "fake/tiny.en"}})
     assert loaded(replica) == ["tiny.en"]
     assert [(u["model"], u["reason"]) for u in replica.status()["unloads"]] == [("base", "removed")]
@@ -147,7 +148,7 @@ async def test_models_no_longer_offered_are_unloaded_as_removed(make_asr):
 
 async def test_check_health_unloads_idle_models_but_not_the_default(make_asr):
     replica = await make_asr(idle_unload_s=0.05)
-    await replica.transcribe(AUDIO, AsrOptions(model="base"))
+    await transcribe_on(replica, AUDIO, AsrOptions(model="base"))
     await asyncio.sleep(0.1)
     await replica.check_health()
     assert loaded(replica) == ["tiny.en"]
@@ -205,7 +206,7 @@ async def test_the_shutdown_hook_tears_every_model_down(make_asr):
 
     replica = AsrDeployment(holder_factory=factory)  # type: ignore[arg-type]
     await replica.reconfigure({"models": MODELS})
-    await replica.transcribe(AUDIO, AsrOptions(model="base"))
+    await transcribe_on(replica, AUDIO, AsrOptions(model="base"))
     assert [h.model is not None for h in built] == [True, True]
     del replica
     gc.collect()  # Serve's graceful stop drops the replica the same way: __del__ is the hook
@@ -232,8 +233,8 @@ def test_the_shutdown_hook_of_a_replica_without_config_does_nothing():
 
 async def test_a_request_runs_on_the_model_it_names_else_the_default(make_asr):
     replica = await make_asr()
-    named = await replica.transcribe(AUDIO, AsrOptions(model="base"))
-    default = await replica.transcribe(AUDIO, AsrOptions(model=None))
+    named = await transcribe_on(replica, AUDIO, AsrOptions(model="base"))
+    default = await transcribe_on(replica, AUDIO, AsrOptions(model=None))
     assert named.segments[0].text == "transcribe by fake/base"
     assert default.segments[0].text == "transcribe by fake/tiny.en"
     assert loaded(replica) == ["base", "tiny.en"]
@@ -242,26 +243,26 @@ async def test_a_request_runs_on_the_model_it_names_else_the_default(make_asr):
 async def test_an_unknown_model_lists_the_models_offered(make_asr):
     replica = await make_asr()
     with pytest.raises(UnknownModel, match=r"unknown model 'tiny'; this server offers base, small, tiny\.en") as e:
-        await replica.transcribe(AUDIO, AsrOptions(model="tiny"))
+        await transcribe_on(replica, AUDIO, AsrOptions(model="tiny"))
     assert e.value.param == "model" and e.value.status_code == 400 and e.value.code == "model_not_found"
 
 
 async def test_a_translation_with_an_english_only_default_goes_to_the_translation_model(make_asr):
     replica = await make_asr(translation_model="small")
-    result = await replica.transcribe(AUDIO, AsrOptions(task="translate"))
+    result = await transcribe_on(replica, AUDIO, AsrOptions(task="translate"))
     assert result.segments[0].text == "translate by fake/small"
 
 
 async def test_without_a_translation_model_the_400_names_the_other_models(make_asr):
     replica = await make_asr()
     with pytest.raises(BadRequest, match=r"tiny\.en is English-only .*model=base or model=small") as e:
-        await replica.transcribe(AUDIO, AsrOptions(task="translate"))
+        await transcribe_on(replica, AUDIO, AsrOptions(task="translate"))
     assert e.value.param == "model" and not isinstance(e.value, UnknownModel)
 
 
 async def test_a_multilingual_default_translates_itself(make_asr):
     replica = await make_asr(default_model="base")
-    result = await replica.transcribe(AUDIO, AsrOptions(task="translate"))
+    result = await transcribe_on(replica, AUDIO, AsrOptions(task="translate"))
     assert result.segments[0].text == "translate by fake/base"
 
 
@@ -272,10 +273,10 @@ async def test_describe_lists_the_models_and_which_are_loaded(make_asr):
     assert {m["id"]: (m["loaded"], m["default"], m["source"], m["multilingual"]) for m in before["models"]} == {
         "tiny.en": (True, True, "fake/tiny.en", None), "base": (False, False, "fake/base", None),
         "small": (False, False, "fake/small", None)}, "multilingual: not known before a translation asks"
-    await replica.transcribe(AUDIO, AsrOptions(task="translate"))
+    await transcribe_on(replica, AUDIO, AsrOptions(task="translate"))
     learnt = {m["id"]: m["multilingual"] for m in (await replica.describe())["models"]}
     assert learnt == {"tiny.en": False, "base": None, "small": None}
-    await replica.transcribe(AUDIO, AsrOptions(model="small"))
+    await transcribe_on(replica, AUDIO, AsrOptions(model="small"))
     after = {m["id"]: m["loaded"] for m in (await replica.describe())["models"]}
     assert after == {"tiny.en": False, "base": True, "small": True}, "two at most: tiny.en was least recently used"
 
@@ -292,28 +293,28 @@ async def test_a_call_for_a_model_not_offered_is_503(replicas):
 
 async def test_other_models_may_evict_the_default_which_loads_again_on_its_next_request(make_asr):
     replica = await make_asr(max_loaded_models=2)
-    await replica.transcribe(AUDIO, AsrOptions(model="base"))
-    await replica.transcribe(AUDIO, AsrOptions(model="small"))  # evicts the least recently used: tiny.en
+    await transcribe_on(replica, AUDIO, AsrOptions(model="base"))
+    await transcribe_on(replica, AUDIO, AsrOptions(model="small"))  # evicts the least recently used: tiny.en
     assert loaded(replica) == ["base", "small"]
     await replica.check_health()  # an evicted default is no health problem
-    result = await replica.transcribe(AUDIO, AsrOptions())
+    result = await transcribe_on(replica, AUDIO, AsrOptions())
     assert result.segments[0].text == "transcribe by fake/tiny.en" and "tiny.en" in loaded(replica)
 
 
 async def test_a_config_change_does_not_reload_an_evicted_default(make_asr):
     replica = await make_asr(max_loaded_models=2)
-    await replica.transcribe(AUDIO, AsrOptions(model="base"))
-    await replica.transcribe(AUDIO, AsrOptions(model="small"))
+    await transcribe_on(replica, AUDIO, AsrOptions(model="base"))
+    await transcribe_on(replica, AUDIO, AsrOptions(model="small"))
     await replica.reconfigure({"models": MODELS, "max_loaded_models": 2, "beam_size": 1})
     assert loaded(replica) == ["base", "small"]
 
 
 async def test_new_weights_behind_an_evicted_default_decide_how_translations_are_routed(make_asr):
     replica = await make_asr(max_loaded_models=2)
-    await replica.transcribe(AUDIO, AsrOptions(model="base"))
-    await replica.transcribe(AUDIO, AsrOptions(model="small"))  # tiny.en evicted
+    await transcribe_on(replica, AUDIO, AsrOptions(model="base"))
+    await transcribe_on(replica, AUDIO, AsrOptions(model="small"))  # tiny.en evicted
     await replica.reconfigure({"models": {**MODELS, "tiny.en": "fake/tiny-multilingual"}, "max_loaded_models": 2})
-    result = await replica.transcribe(AUDIO, AsrOptions(task="translate"))
+    result = await transcribe_on(replica, AUDIO, AsrOptions(task="translate"))
     assert result.segments[0].text == "translate by fake/tiny-multilingual"
 
 

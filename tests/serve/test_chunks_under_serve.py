@@ -1,0 +1,123 @@
+"""Chunk-level ASR under a real Ray Serve, with fake holders: chunks of concurrent requests share a batch,
+one long file's chunks are spread over both ASR replicas and come back in order, and a request's progress
+is visible while it runs.
+
+The fake ASR plans one chunk per 30 s of audio and logs each batch it decodes (pid, samples per chunk);
+every batch takes DELAY_S, so chunks arriving meanwhile queue up for the next one.
+
+Serve's router sends each call to the less loaded of two replicas by its cached queue lengths, counting
+its own sends; a replica missing from that cache is probed in the background while the other takes the
+calls, so a short burst may all go to one replica. Both get work once one is full.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.serve.fake_app import BATCH_LOG_ENV, DELAY_ENV
+from tests.serve.served import WAIT_S, fake_app_served, free_port
+from tests.speech import to_wav_bytes
+
+pytestmark = [pytest.mark.serve, pytest.mark.timeout(300)]
+
+DELAY_S = 1.0
+SAMPLE_RATE = 16_000
+# 20 chunks of 30 s: more than one replica's max_ongoing_requests (16), so that even a router whose
+# queue-length cache knows only one replica yet (it then routes there until that one is full) uses both.
+LONG_S = 600
+
+
+@dataclass
+class Served:
+    url: str
+    batch_log: Path
+
+    def batches(self) -> list[tuple[int, list[int]]]:
+        """(pid, samples of each chunk) of every batch decoded so far, oldest first."""
+        found = []
+        for line in self.batch_log.read_text().splitlines():
+            pid, sizes = line.split()
+            found.append((int(pid), [int(n) for n in sizes.split(",")]))
+        return found
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    batch_log = tmp_path_factory.mktemp("chunks") / "batches.log"
+    batch_log.touch()
+    # Two ASR replicas with room for a full batch each (8 chunks) and the next one filling.
+    asr_options = {"num_replicas": 2, "max_ongoing_requests": 16}
+    with fake_app_served(free_port(), env={DELAY_ENV: str(DELAY_S), BATCH_LOG_ENV: str(batch_log)},
+                         asr_options=asr_options) as url:
+        yield Served(url, batch_log)
+
+
+def wav(seconds: float) -> bytes:
+    return to_wav_bytes(0.1 * np.sin(np.arange(int(seconds * SAMPLE_RATE)) / 5).astype(np.float32))
+
+
+def transcribe(url: str, audio: bytes, **fields: Any) -> httpx.Response:
+    with httpx.Client(base_url=url, timeout=WAIT_S) as client:
+        return client.post("/v1/audio/transcriptions", files={"file": ("a.wav", audio)},
+                           data={"model": "whisper-1", **fields})
+
+
+def test_chunks_of_concurrent_requests_share_a_batch(served):
+    # Eight short requests, each its own length, so the batch log tells them apart.
+    lengths = [SAMPLE_RATE * 2 + 2000 * i for i in range(8)]  # 1/8 s steps: exact in seconds
+    before = len(served.batches())
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda n: transcribe(served.url, wav(n / SAMPLE_RATE)), lengths))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    assert {r.json()["text"] for r in responses} == {"transcribe by fake/tiny.en"}
+    batches = served.batches()[before:]
+    decoded = sorted(n for _, sizes in batches for n in sizes)
+    assert decoded == sorted(lengths), "each request's one chunk decoded once"
+    assert max(len(sizes) for _, sizes in batches) > 1, f"no batch held two requests' chunks: {batches}"
+    assert len(batches) < len(lengths)
+
+
+def test_a_long_files_chunks_are_spread_over_both_replicas_and_put_back_in_order(served):
+    before = len(served.batches())
+    response = transcribe(served.url, wav(LONG_S), response_format="verbose_json")
+    assert response.status_code == 200, response.text
+    segments = response.json()["segments"]
+    assert [(s["start"], s["end"]) for s in segments] == [(float(t), float(t + 30)) for t in range(0, LONG_S, 30)]
+    batches = served.batches()[before:]
+    assert sum(len(sizes) for _, sizes in batches) == LONG_S // 30, "each chunk decoded once"
+    assert len({pid for pid, _ in batches}) == 2, f"one replica did all the work: {batches}"
+
+
+def test_a_long_requests_progress_is_visible_while_it_runs(served):
+    seen: list[dict[str, Any]] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        with httpx.Client(base_url=served.url, timeout=WAIT_S) as client:
+            while not done.is_set():
+                seen.extend(client.get("/v1/models/status").json()["requests"])
+                time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        response = transcribe(served.url, wav(LONG_S), response_format="json")
+    finally:
+        done.set()
+        watcher.join()
+    assert response.status_code == 200, response.text
+    mine = [p for p in seen if p["chunks_total"] == LONG_S // 30]
+    assert mine, f"the request never showed its chunks: {seen}"
+    done_counts = [p["chunks_done"] for p in mine]
+    assert done_counts == sorted(done_counts), "progress only moves forward"
+    assert mine[0]["audio_s"] == LONG_S and min(done_counts) < LONG_S // 30
