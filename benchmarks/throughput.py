@@ -105,6 +105,7 @@ class Measure:
     runs_s: list[float]
     shed: int = 0  # service requests answered 503 and sent again after Retry-After
     ray_cpus: float | None = None
+    text: str | None = None  # the transcript of the last run
 
     @property
     def rtfx(self) -> float:
@@ -195,7 +196,8 @@ def measure(fn: Callable[[], str], runs: int, clip: Clip, warm_up: Callable[[], 
         started = time.perf_counter()
         text = fn()
         seconds.append(time.perf_counter() - started)
-    return Measure(statistics.median(seconds), clip.duration_s, wer(clip.reference, text), cores(), seconds)
+    return Measure(statistics.median(seconds), clip.duration_s, wer(clip.reference, text), cores(), seconds,
+                   text=text)
 
 
 # --- the service ----------------------------------------------------------------------------------
@@ -664,6 +666,11 @@ def main(argv: list[str] | None = None) -> int:
         raw = {name: run_raw(name, plan) for row in ROW_NAMES if row in options.rows for name in RAW_FOR_ROW[row]}
     rows = build_rows(served, raw, plan)
     lines = conditions(plan, options.replicas)
+    p4_texts = {key: m.text for key, m in served.items() if key.startswith("P4@")}
+    if len(p4_texts) > 1:  # a file spread over more replicas must read the same
+        same = len(set(p4_texts.values())) == 1
+        lines.append(f"P4 transcripts with {' and '.join(k.removeprefix('P4@') for k in p4_texts)} ASR replicas: "
+                     + ("identical" if same else "DIFFERENT"))
     print("\n" + "\n".join(lines) + "\n\n" + text_table(rows))
     progress("done")
     if options.markdown:
