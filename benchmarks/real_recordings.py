@@ -143,7 +143,7 @@ def holder_asr(files: list[RealSpeech]) -> dict[str, dict[str, tuple[float, floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", nargs="+", default=list(LAYOUTS), choices=list(LAYOUTS))
+    parser.add_argument("--files", nargs="+", default=["pause_in_first_window", "meeting_95s"], choices=list(LAYOUTS))
     parser.add_argument("--no-holders", action="store_true", help="skip the service's AsrHolder rows")
     parser.add_argument("--texts", action="store_true", help="print every hypothesis")
     args = parser.parse_args()

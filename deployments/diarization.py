@@ -72,8 +72,9 @@ class DiarizationConfig(DeviceConfig):
                     "other busy process, a 30 s call took 48-390 s instead of 11 s with 1 thread.")
     embedding_batch_size: int = Field(
         default=32, ge=1, le=256,
-        description="(chunk, speaker) pairs embedded per forward pass; CPU time was the same from 1 to "
-                    "32, a GPU wants large batches.")
+        description="(chunk, speaker) pairs embedded per forward pass. On 2 CPU cores a 95 s meeting took "
+                    "16.4, 15.8, 16.2 and 18.0 s at 1, 8, 32 and 64 (benchmarks/stage_costs.py): the CPU "
+                    "profile uses 8; a GPU wants large batches.")
     segmentation_batch_size: int = Field(
         default=32, ge=1, le=256, description="10 s chunks segmented per forward pass.")
     clustering_threshold: float | None = Field(
