@@ -27,10 +27,6 @@ class SpeechChunk:
         # The same sample arithmetic as whisperX's pipeline (int(), not round()).
         return audio[int(self.start_s * SAMPLE_RATE_HZ):int(self.end_s * SAMPLE_RATE_HZ)]
 
-    @property
-    def duration_s(self) -> float:
-        return self.end_s - self.start_s
-
 
 @dataclass(frozen=True)
 class AsrPlan:
@@ -93,10 +89,10 @@ def chunk_tasks(plan: AsrPlan, audio: np.ndarray, *, task: Literal["transcribe",
 
 
 def assemble(plan: AsrPlan, decoded: list[DecodedChunk], *, word_timestamps: bool) -> AsrResult:
-    """One request's result from its decoded chunks, in the plan's order; chunks that decoded to no
-    text (a VAD false alarm) leave no segment."""
+    """One request's result from its decoded chunks, given in the plan's order; chunks that decoded to
+    no text (a VAD false alarm) leave no segment."""
     segments = tuple(Segment(text=item.text.strip(), start_s=item.start_s, end_s=item.end_s, words=item.words,
                              avg_logprob=item.avg_logprob)
-                     for item in sorted(decoded, key=lambda item: item.chunk.start_s) if item.text.strip())
+                     for item in decoded if item.text.strip())
     return AsrResult(language=plan.language, segments=segments, duration_s=plan.duration_s,
                      word_source="whisper" if word_timestamps else None)

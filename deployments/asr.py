@@ -150,11 +150,7 @@ class AsrHolder(ModelHolder[AsrConfig, Any]):
         first speech when the request gives none). Runs on the owning thread."""
         pipeline = self._require_model()
         language = self._check_language(options.language, options.task)
-        # whisperX's VAD hands the array to torch, which wants writeable memory; arrays from Ray's
-        # object store are read-only views.
-        audio = np.asarray(audio, dtype=np.float32)
-        if not audio.flags.writeable:
-            audio = audio.copy()
+        audio = whisper_decode.writeable(audio)  # whisperX's VAD hands the array to torch
         config = self.config
         chunks = whisper_decode.speech_chunks(pipeline.vad_model, audio, chunk_size_s=config.chunk_size_s,
                                               onset=config.vad_onset, offset=config.vad_offset)

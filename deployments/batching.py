@@ -40,10 +40,6 @@ class WhileBusy(Generic[T, R]):
             self._draining = asyncio.create_task(self._drain())
         return list(await asyncio.gather(*futures))
 
-    @property
-    def waiting(self) -> int:
-        return len(self._pending)
-
     async def _drain(self) -> None:
         try:
             if len(self._pending) < self.max_size and self.wait_s > 0:

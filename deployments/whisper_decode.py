@@ -106,16 +106,16 @@ def _prompt(pipeline: Any, tokenizer: Any, task: ChunkTask) -> list[int]:
     return prompt
 
 
-def _writeable(clip: np.ndarray) -> np.ndarray:
-    # Torch wants writeable memory; arrays from Ray's object store are read-only views.
-    clip = np.asarray(clip, dtype=np.float32)
-    return clip if clip.flags.writeable else clip.copy()
+def writeable(audio: np.ndarray) -> np.ndarray:
+    """float32 audio torch can take: arrays from Ray's object store are read-only views, so those are copied."""
+    audio = np.asarray(audio, dtype=np.float32)
+    return audio if audio.flags.writeable else audio.copy()
 
 
 def _decode_batch(pipeline: Any, tokenizers: dict[tuple[str, str], Any], batch: Sequence[ChunkTask],
                   prompts: list[list[int]], beam_size: int) -> list[DecodedChunk]:
     model = pipeline.model
-    clips = [_writeable(task.audio) for task in batch]
+    clips = [writeable(task.audio) for task in batch]
     features = _features(pipeline, clips)
     encoder_output = model.encode(features)
     results = model.model.generate(encoder_output, prompts, max_length=model.max_length, return_scores=True,

@@ -75,8 +75,5 @@ class ProgressBoard:
         finally:
             del self._in_flight[id(progress)]
 
-    def get(self, request_id: str) -> Progress | None:
-        return next((p for p in self._in_flight.values() if p.request_id == request_id), None)
-
     def snapshot(self) -> list[dict[str, Any]]:
         return [progress.as_dict() for progress in self._in_flight.values()]
