@@ -207,7 +207,8 @@ class AlignmentDeployment(ModelReplica[AlignmentConfig, AlignmentModelSpec, Alig
         code = language.strip().lower()
         if self.model_spec(self.config, code) is None:
             return None
-        return await self.call(code, "align", audio, segments)
+        with self.track(len(audio) / SAMPLE_RATE_HZ) as work:
+            return await self.call(code, "align", audio, segments, work=[work])
 
     async def languages(self) -> list[str]:
         """The languages this deployment aligns, as deployed."""

@@ -21,6 +21,7 @@ from deployments import bundled, whisper_decode
 from deployments.batching import WhileBusy
 from deployments.holder import DeviceConfig, ModelHolder
 from deployments.replica import ModelReplica
+from deployments.workload import Work
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ class AsrDeployment(ModelReplica[AsrDeploymentConfig, AsrConfig, AsrHolder]):
         # Whether the weights behind a source are multilingual, learnt from the loaded model; keyed by
         # source, so new weights behind a model id are asked again.
         self._multilingual: dict[str, bool] = {}
-        self._decoders: dict[str, WhileBusy[ChunkTask, DecodedChunk]] = {}  # per model id
+        self._decoders: dict[str, WhileBusy[tuple[ChunkTask, Work], DecodedChunk]] = {}  # per model id
 
     def model_specs(self, config: AsrDeploymentConfig) -> dict[str, AsrConfig]:
         return {model_id: config.spec_for(model_id) for model_id in config.models}
@@ -235,23 +236,29 @@ class AsrDeployment(ModelReplica[AsrDeploymentConfig, AsrConfig, AsrHolder]):
     async def plan(self, audio: np.ndarray, options: AsrOptions) -> AsrPlan:
         """The model, language and speech chunks of one request: VAD once, on this replica."""
         model_id = await self._model_for(options)
-        plan: AsrPlan = await self.call(model_id, "plan", audio, options, model_id)
+        # VAD runs over the whole file: its audio is what this call holds.
+        with self.track(len(audio) / SAMPLE_RATE_HZ) as work:
+            plan: AsrPlan = await self.call(model_id, "plan", audio, options, model_id, work=[work])
         return plan
 
     async def decode_chunk(self, task: ChunkTask) -> DecodedChunk:
         """One chunk, decoded in a batch with whatever other chunks (of any request) reach this replica
         while its model is busy, up to `batch_size` (deployments/batching.py says why not `@serve.batch`).
         Each model has its own queue: chunks for different models do not wait for each other."""
-        (result,) = await self._decoder(task.model).submit([task])
+        # Whisper pads every chunk to 30 s, but the chunk's own length is the audio it stands for.
+        with self.track(task.chunk.end_s - task.chunk.start_s) as work:
+            (result,) = await self._decoder(task.model).submit([(task, work)])
+        self.chunk_waited(work)
         if isinstance(result, BaseException):
             raise result
         return result
 
-    def _decoder(self, model_id: str) -> WhileBusy[ChunkTask, DecodedChunk]:
+    def _decoder(self, model_id: str) -> WhileBusy[tuple[ChunkTask, Work], DecodedChunk]:
         decoder = self._decoders.get(model_id)
         if decoder is None:
-            async def decode(tasks: list[ChunkTask]) -> list[DecodedChunk]:
-                decoded: list[DecodedChunk] = await self.call(model_id, "decode", tasks)
+            async def decode(batch: list[tuple[ChunkTask, Work]]) -> list[DecodedChunk]:
+                tasks, work = zip(*batch, strict=True)
+                decoded: list[DecodedChunk] = await self.call(model_id, "decode", list(tasks), work=work)
                 return decoded
 
             decoder = self._decoders[model_id] = WhileBusy(decode, self.config.batch_size)

@@ -310,4 +310,5 @@ class DiarizationDeployment(ModelReplica[DiarizationConfig, DiarizationConfig, D
         super().__init__(holder_factory)
 
     async def diarize(self, audio: np.ndarray, options: SpeakerOptions) -> list[SpeakerTurn]:
-        return await self.call(SINGLE_MODEL, "diarize", audio, options)
+        with self.track(len(audio) / SAMPLE_RATE_HZ) as work:
+            return await self.call(SINGLE_MODEL, "diarize", audio, options, work=[work])

@@ -156,6 +156,19 @@ def measure(device: str) -> MemorySample:
     )
 
 
+def total_bytes(device: str) -> int | None:
+    """Total memory of a CUDA device in bytes, or None on CPU or when it cannot be read."""
+    if not device.startswith("cuda"):
+        return None
+    cuda = _torch_cuda()
+    if cuda is None:
+        return None
+    try:
+        return int(cuda.mem_get_info(_device_index(device))[1])
+    except RuntimeError:
+        return None
+
+
 def free_bytes(device: str) -> int | None:
     """Free memory on a CUDA device in bytes, or None on CPU or when it cannot be read."""
     if not device.startswith("cuda"):

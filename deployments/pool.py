@@ -69,12 +69,17 @@ class ModelPool(Generic[SpecT, HolderT]):
     def loaded(self) -> list[str]:
         return list(self._holders)
 
-    async def call(self, key: str, spec: SpecT, method: str, *args: Any) -> Any:
-        """Run `holder.<method>(*args)` on the holder for `key` (loading it first if needed)."""
+    async def call(self, key: str, spec: SpecT, method: str, *args: Any,
+                   on_start: Callable[[], None] | None = None) -> Any:
+        """Run `holder.<method>(*args)` on the holder for `key` (loading it first if needed);
+        `on_start` runs on the holder's thread just before the method does."""
         holder = await self._get(key, spec)
+        run = getattr(holder, method)
+        if on_start is not None:
+            run = _announced(run, on_start)
         # No await between getting the holder and queueing the call on its thread: an eviction
         # (which runs between awaits) queues its teardown behind this call, never before it.
-        future = holder.arun(getattr(holder, method), *args)
+        future = holder.arun(run, *args)
         self._in_use[key] = self._in_use.get(key, 0) + 1
         try:
             return await future
@@ -207,3 +212,10 @@ def _added_bytes(holder: ModelHolder) -> int:
     if holder.loaded is None or holder.baseline is None:
         return 0
     return holder.loaded.primary_bytes - holder.baseline.primary_bytes
+
+
+def _announced(method: Callable[..., Any], on_start: Callable[[], None]) -> Callable[..., Any]:
+    def run(*args: Any) -> Any:
+        on_start()
+        return method(*args)
+    return run

@@ -2,9 +2,10 @@
 
 A deployment class inherits `ModelReplica`, names its config class, says which models its config
 offers (`model_specs`), and adds only its request methods, which run through `self.call`. Serve calls
-`reconfigure` after `__init__` and on every `user_config` change, `check_health` periodically, and
-`__del__` on graceful shutdown. A single-model deployment offers one model under `SINGLE_MODEL`; the
-ASR deployment offers one per model id, alignment one per language.
+`reconfigure` after `__init__` and on every `user_config` change, `check_health` periodically,
+`record_autoscaling_stats` for the autoscaler (core/autoscaling.py: the audio each call holds, counted
+by `track`), and `__del__` on graceful shutdown. A single-model deployment offers one model under
+`SINGLE_MODEL`; the ASR deployment offers one per model id, alignment one per language.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import ValidationError
 
+from core.autoscaling import IN_FLIGHT_AUDIO_S, QUEUED_AUDIO_S
 from core.errors import ModelUnavailable
 from deployments import gpu_memory
 from deployments.holder import DeviceConfig, ModelHolder
 from deployments.pool import ModelPool
+from deployments.workload import Work, Workload
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +79,40 @@ class ReplicaMetrics:
             description="Memory left above the pre-load baseline after the last model teardown.")
         self.teardown_seconds = metrics.Gauge(
             "transcription_teardown_seconds", description="Duration of the last model teardown.")
+        self.residue_budget_bytes = metrics.Gauge(
+            "transcription_teardown_residue_budget_bytes",
+            description="The residue a teardown may leave (GPU memory on CUDA, RSS on CPU); above it the "
+            "health check fails and Serve replaces the replica.")
+        self.gpu_total_bytes = metrics.Gauge(
+            "transcription_gpu_memory_total_bytes", description="Total memory of this replica's GPU (0 on CPU).")
+        self.queued_audio = metrics.Gauge(
+            "transcription_queued_audio_seconds",
+            description="Audio seconds queued and in flight at this replica (what autoscaling reads).")
         self.unloads = metrics.Counter(
             "transcription_model_unloads", description="Models unloaded, by reason (evicted, idle, "
             "removed, replaced, shutdown).", tag_keys=("reason",))
         self._counted: Counter[str] = Counter()
+        self._chunk_wait: Any = None
 
-    def record(self, pool: ModelPool, device: str) -> None:
+    def chunk_waited(self, seconds: float) -> None:
+        if self._chunk_wait is None:  # the ASR deployment's only: the others have no chunks
+            from ray.serve import metrics
+
+            self._chunk_wait = metrics.Histogram(
+                "transcription_chunk_wait_seconds",
+                description="Seconds a speech chunk waited at an ASR replica before its batch started.",
+                boundaries=[0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120])
+        self._chunk_wait.observe(seconds)
+
+    def record(self, pool: ModelPool, config: DeviceConfig, workload: Workload) -> None:
+        device = config.device
         self.memory_bytes.set(gpu_memory.measure(device).primary_bytes)
+        self.gpu_total_bytes.set(gpu_memory.total_bytes(device) or 0)
         self.models_loaded.set(len(pool.loaded()))
+        self.queued_audio.set(sum(workload.totals()))
+        budget_mib = config.vram_residue_budget_mib if device.startswith("cuda") else config.rss_residue_budget_mib
+        if budget_mib is not None:
+            self.residue_budget_bytes.set(budget_mib * gpu_memory.MIB)
         report = pool.last_teardown
         if report is not None:
             self.residue_bytes.set(report.residue_bytes)
@@ -102,6 +132,7 @@ class ModelReplica(Generic[ConfigT, SpecT, HolderT]):
         self._pool: ModelPool[SpecT, HolderT] = ModelPool(holder_factory)
         self._config: ConfigT | None = None
         self._metrics: ReplicaMetrics | None = None
+        self._workload = Workload()
         route_logs_to_serve()
 
     # --- what a deployment says about its config ---------------------------------------------
@@ -148,15 +179,46 @@ class ModelReplica(Generic[ConfigT, SpecT, HolderT]):
                 await self._pool.load(key, specs[key])
         self._record()
 
-    async def call(self, key: str, method: str, *args: Any) -> Any:
-        """Run `method` of the holder for `key`, loading it first if this replica does not hold it."""
+    @contextmanager
+    def track(self, audio_s: float) -> Iterator[Work]:
+        """Count `audio_s` as held by this replica while the block runs (queued until `call` starts it)."""
+        try:
+            with self._workload.track(audio_s) as work:
+                yield work
+        finally:
+            self._record()  # the queued-audio gauge drops as soon as the work is done
+
+    async def call(self, key: str, method: str, *args: Any, work: Sequence[Work] = ()) -> Any:
+        """Run `method` of the holder for `key`, loading it first if this replica does not hold it;
+        the `work` it carries counts as in flight once the model starts on it."""
         spec = self.model_spec(self.config, key)  # on every request: one spec, not all of them
         if spec is None:
             raise ModelUnavailable(f"{type(self).__name__} offers no model {key!r}")
+
+        def started() -> None:
+            for item in work:
+                item.start()
+
         try:
-            return await self._pool.call(key, spec, method, *args)
+            return await self._pool.call(key, spec, method, *args, on_start=started if work else None)
         finally:
             self._record()
+
+    def chunk_waited(self, work: Work) -> None:
+        """Count how long a speech chunk waited for its batch (the ASR deployment's queue wait)."""
+        if work.waited_s is None or self._metrics is None:
+            return
+        try:
+            self._metrics.chunk_waited(work.waited_s)
+        except Exception:  # metrics must never fail a request
+            logger.debug("could not record the chunk wait", exc_info=True)
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Audio seconds queued and in flight here, for `core.autoscaling.QueuedAudioPolicy`; Serve calls
+        this periodically once a custom autoscaling policy is configured."""
+        queued, in_flight = self._workload.totals()
+        self._record()
+        return {QUEUED_AUDIO_S: queued, IN_FLIGHT_AUDIO_S: in_flight}
 
     async def check_health(self) -> None:
         """Unload idle models; raise so Serve replaces this replica when memory did not come back."""
@@ -199,7 +261,7 @@ class ModelReplica(Generic[ConfigT, SpecT, HolderT]):
         try:
             if self._metrics is None:
                 self._metrics = ReplicaMetrics()
-            self._metrics.record(self._pool, self._config.device)
+            self._metrics.record(self._pool, self._config, self._workload)
         except Exception:  # metrics must never fail a request or a health check
             logger.debug("could not record replica metrics", exc_info=True)
 

@@ -2,8 +2,9 @@
 
     serve_app.app:build_app   args: AppArgs (see serve_app/settings.py)
 
-Each model deployment gets its `user_config` from `args`; serve_config.yaml sets replicas, CPU/GPU
-shares and autoscaling per deployment, and may override `user_config` there too.
+serve_config.yaml sets, per deployment, replicas, CPU/GPU shares, autoscaling and, for the model
+deployments, the `user_config` that holds every model setting (serve_app/settings.py says why there).
+The code's own `user_config` is each config class's defaults, the embedded CPU profile's models.
 """
 
 from __future__ import annotations
@@ -40,17 +41,17 @@ def build_graph(app_args: AppArgs, holders: Mapping[str, Callable[..., Any]] | N
     bind fakes through the constructors); `deployment_options` go to every `serve.deployment`."""
     holders = holders or {}
 
-    def model_deployment(cls: type, config: BaseModel) -> Application:
-        # Code sets only the user_config; replicas, resources and autoscaling come from serve_config.yaml.
-        deployment = serve.deployment(name=cls.__name__, user_config=config.model_dump(mode="json"),
+    def model_deployment(cls: type[ModelReplica]) -> Application:
+        # Replicas, resources, autoscaling and the user_config an operator sets come from serve_config.yaml.
+        defaults: BaseModel = cls.config_cls()
+        deployment = serve.deployment(name=cls.__name__, user_config=defaults.model_dump(mode="json"),
                                       **deployment_options)(cls)
         factory = holders.get(cls.__name__)
         return deployment.bind(holder_factory=factory) if factory is not None else deployment.bind()
 
-    asr = model_deployment(AsrDeployment, app_args.asr)
-    alignment = model_deployment(AlignmentDeployment, app_args.alignment)
-    diarization = model_deployment(DiarizationDeployment, app_args.diarization) \
-        if app_args.diarization_enabled else None
+    asr = model_deployment(AsrDeployment)
+    alignment = model_deployment(AlignmentDeployment)
+    diarization = model_deployment(DiarizationDeployment) if app_args.diarization_enabled else None
     ingress = serve.deployment(name="TranscriptionIngress", **deployment_options)(TranscriptionIngress)
     return ingress.bind(asr, alignment, diarization, app_args.model_dump(mode="json"))
 

@@ -33,23 +33,11 @@ _SINGLE_MACHINE_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's singl
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "serve_config.cpu.yaml"
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None):
-    """Read a Serve config file and validate it with Ray's own schema; `overrides` merge into app 0's args."""
+def load_config(path: str | Path):
+    """Read a Serve config file and validate it with Ray's own schema."""
     from ray.serve.schema import ServeDeploySchema
 
-    raw = yaml.safe_load(Path(path).read_text())
-    if overrides:
-        app = raw["applications"][0]
-        app["args"] = _merge(app.get("args") or {}, overrides)
-    return ServeDeploySchema.model_validate(raw)
-
-
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(
-            merged.get(key), dict) else value
-    return merged
+    return ServeDeploySchema.model_validate(yaml.safe_load(Path(path).read_text()))
 
 
 def is_loopback(host: str) -> bool:

@@ -1,20 +1,24 @@
 """Configuration: `AppArgs` (the `args` of serve_config.yaml) and process settings from the environment.
 
-Model settings are each deployment's `user_config`: `build_app` seeds them from `args`, and a
-`user_config` under the deployment in serve_config.yaml overrides them and can be changed in place
-(`serve deploy` of an edited config reconfigures the running replicas). Secrets never live here:
-they come from the environment (`ServiceSettings`), on Kubernetes from a Secret.
+Model settings (which weights, compute type, device, batch size...) live in one place: the `user_config`
+of each model deployment under `deployments:` in serve_config.yaml. Serve applies a changed
+`user_config` to the running replicas (`reconfigure`: measured teardown, new model), whereas a change
+to `args` rebuilds the app and replaces every replica; so `args` refuses model settings and names
+where they go. Secrets never live here: they come from the environment (`ServiceSettings`), on
+Kubernetes from a Secret.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from deployments.alignment import AlignmentConfig
-from deployments.asr import AsrDeploymentConfig
-from deployments.diarization import DiarizationConfig
 from serve_app.subtitles import SubtitleOptions
+
+MODEL_SETTINGS = {"asr": "AsrDeployment", "alignment": "AlignmentDeployment", "diarization": "DiarizationDeployment"}
+"""Keys that older configs had under `args`, by the deployment whose `user_config` now holds them."""
 
 
 class IngressConfig(BaseModel):
@@ -50,10 +54,17 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ingress: IngressConfig = Field(default_factory=IngressConfig)
-    asr: AsrDeploymentConfig = Field(default_factory=AsrDeploymentConfig)
-    alignment: AlignmentConfig = Field(default_factory=AlignmentConfig)
-    diarization: DiarizationConfig = Field(default_factory=DiarizationConfig)
     diarization_enabled: bool = Field(True, description="deploy the diarization deployment at all")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_model_settings(cls, data: Any) -> Any:
+        misplaced = sorted(set(data) & set(MODEL_SETTINGS)) if isinstance(data, dict) else []
+        if misplaced:
+            where = "; ".join(f"`{key}` -> the user_config of {MODEL_SETTINGS[key]}" for key in misplaced)
+            raise ValueError(f"model settings do not go in args ({where}, under `deployments:`): a change "
+                             "there is swapped in place, whereas a change to args replaces every replica")
+        return data
 
 
 class ServiceSettings(BaseSettings):

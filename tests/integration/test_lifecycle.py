@@ -37,8 +37,8 @@ def redeploy(asr_model: str | None = None, leaky_model: str | None = None) -> No
     config.http_options.port = 8765
     if asr_model is not None:
         [asr] = [d for d in config.applications[0].deployments if d.name == "AsrDeployment"]
-        args = AsrDeploymentConfig.model_validate(config.applications[0].args["asr"])
-        asr.user_config = args.model_copy(update={"models": {**args.models, args.default_model: asr_model}}) \
+        current = AsrDeploymentConfig.model_validate(asr.user_config)
+        asr.user_config = current.model_copy(update={"models": {**current.models, current.default_model: asr_model}}) \
             .model_dump(mode="json")
     if leaky_model is not None:
         from tests.integration.leaky import LeakyConfig

@@ -29,14 +29,13 @@ import pytest
 import yaml
 
 from tests.serve.fake_app import CALL_LOG_ENV, DELAY_ENV
+from tests.serve.served import serve_config as fake_app_config
 from tests.speech import to_wav_bytes
 
 pytestmark = [pytest.mark.serve, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "transcription"
-ARGS = {"asr": {"models": {"tiny.en": "fake/tiny.en"}, "default_model": "tiny.en"},
-        "alignment": {"models": {"en": "fake/align-en"}}, "diarization": {"model": "embedded"}}
 HOLDERS = {"AsrDeployment": "FakeAsrHolder", "DiarizationDeployment": "FakeDiarizationHolder"}
 REPLICAS = 2
 PRODUCTION_KEYS = ("max_ongoing_requests", "max_queued_requests", "health_check_period_s", "health_check_timeout_s")
@@ -67,15 +66,10 @@ def production_options() -> dict[str, dict[str, Any]]:
 
 
 def serve_config(port: int):
-    from ray.serve.schema import ServeDeploySchema
-
     options = production_options()
-    deployments = [{"name": "TranscriptionIngress", **options["TranscriptionIngress"]}]
-    deployments += [{"name": name, **options[name], "num_replicas": REPLICAS} for name in HOLDERS]
-    return ServeDeploySchema.model_validate({
-        "proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": port},
-        "applications": [{"name": APP, "route_prefix": "/", "import_path": "tests.serve.fake_app:build",
-                          "args": ARGS, "deployments": deployments}]})
+    return fake_app_config(port, options={
+        "TranscriptionIngress": options["TranscriptionIngress"],
+        **{name: {**options[name], "num_replicas": REPLICAS} for name in HOLDERS}})
 
 
 @dataclass

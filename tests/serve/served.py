@@ -11,8 +11,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "transcription"
-ASR_ARGS = {"models": {"tiny.en": "fake/tiny.en", "base": "fake/base"}, "default_model": "tiny.en"}
-ARGS = {"asr": ASR_ARGS, "alignment": {"models": {"en": "fake/align-en"}}, "diarization": {"model": "embedded"}}
+ASR_USER_CONFIG = {"models": {"tiny.en": "fake/tiny.en", "base": "fake/base"}, "default_model": "tiny.en"}
+USER_CONFIGS = {"AsrDeployment": ASR_USER_CONFIG, "AlignmentDeployment": {"models": {"en": "fake/align-en"}},
+                "DiarizationDeployment": {"model": "embedded"}}
+"""The model settings, each in its deployment's user_config, as in serve_config.yaml."""
 WAIT_S = 60
 
 # Timing only, for a bare Ray on two cores: a replica that fails to start is not tried three times.
@@ -26,16 +28,20 @@ def free_port() -> int:
 
 
 def serve_config(port: int, asr_user_config: dict[str, Any] | None = None,
-                 asr_options: dict[str, Any] | None = None):
-    """The Serve config of the fake app; `asr_user_config` overrides the ASR deployment's, as an operator's
-    edited serve_config.yaml would, and `asr_options` its deployment options (num_replicas, ...)."""
+                 asr_options: dict[str, Any] | None = None, options: dict[str, dict[str, Any]] | None = None):
+    """The Serve config of the fake app; `asr_user_config` replaces the ASR deployment's, as an operator's
+    edited serve_config.yaml would, `asr_options` are its deployment options (num_replicas, ...) and
+    `options` any deployment's, by name."""
     from ray.serve.schema import ServeDeploySchema
 
+    user_configs = {**USER_CONFIGS, **({"AsrDeployment": asr_user_config} if asr_user_config is not None else {})}
+    options = {name: dict(values) for name, values in (options or {}).items()}
+    options.setdefault("AsrDeployment", {}).update(asr_options or {})
+    names = dict.fromkeys([*user_configs, *options])
+    deployments = [{"name": name, **({"user_config": user_configs[name]} if name in user_configs else {}),
+                    **options.get(name, {})} for name in names]
     app: dict[str, Any] = {"name": APP, "route_prefix": "/", "import_path": "tests.serve.fake_app:build",
-                           "args": ARGS}
-    if asr_user_config is not None or asr_options:
-        overrides = {"user_config": asr_user_config} if asr_user_config is not None else {}
-        app["deployments"] = [{"name": "AsrDeployment", **overrides, **(asr_options or {})}]
+                           "args": {}, "deployments": deployments}
     return ServeDeploySchema.model_validate({
         "proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [app]})
@@ -43,9 +49,11 @@ def serve_config(port: int, asr_user_config: dict[str, Any] | None = None,
 
 @contextmanager
 def fake_app_served(port: int, env: dict[str, str] | None = None,
-                    asr_options: dict[str, Any] | None = None) -> Iterator[str]:
+                    asr_options: dict[str, Any] | None = None,
+                    options: dict[str, dict[str, Any]] | None = None) -> Iterator[str]:
     """Start a Ray, deploy the fake app on `port` and yield its base URL; Serve and Ray are shut down after.
-    `env` goes to every replica's environment, `asr_options` to the ASR deployment's options."""
+    `env` goes to every replica's environment, `asr_options` to the ASR deployment's options, `options`
+    to any deployment's."""
     import ray
     from ray import serve
     from ray.serve._private.constants import SERVE_NAMESPACE
@@ -57,7 +65,7 @@ def fake_app_served(port: int, env: dict[str, str] | None = None,
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=SERVE_NAMESPACE,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), **RAY_ENV, **(env or {})}})
     try:
-        yield deploy(serve_config(port, asr_options=asr_options), timeout_s=WAIT_S)
+        yield deploy(serve_config(port, asr_options=asr_options, options=options), timeout_s=WAIT_S)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -21,7 +21,7 @@ import pytest
 
 from deployments.asr import AsrDeploymentConfig
 from tests.serve.fake_app import TEARDOWN_LOG_ENV
-from tests.serve.served import APP, ASR_ARGS, WAIT_S, fake_app_served, free_port, multipart, serve_config
+from tests.serve.served import APP, ASR_USER_CONFIG, WAIT_S, fake_app_served, free_port, multipart, serve_config
 from tests.speech import to_wav_bytes
 
 pytestmark = [pytest.mark.serve, pytest.mark.timeout(300)]
@@ -32,7 +32,7 @@ WAV = to_wav_bytes(0.1 * np.sin(np.arange(16_000) / 5))  # 1 s of tone: the fake
 
 
 def swapped_asr_config(**extra: Any) -> dict[str, Any]:
-    config = AsrDeploymentConfig.model_validate(ASR_ARGS).model_dump(mode="json")
+    config = AsrDeploymentConfig.model_validate(ASR_USER_CONFIG).model_dump(mode="json")
     return {**config, "models": {**config["models"], "tiny.en": SWAPPED}, **extra}
 
 

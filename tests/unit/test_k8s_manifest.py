@@ -358,11 +358,11 @@ def test_head_runs_no_replicas_and_gpu_pods_have_one_gpu(rayservice):
 
 
 def test_model_directories_are_on_the_model_volume(rayservice, serve_config_v2):
-    """Every absolute path in the model args is under a volume mount of the GPU pods, backed by the
-    transcription-models claim."""
+    """Every absolute path in the model deployments' user_config is under a volume mount of the GPU pods,
+    backed by the transcription-models claim."""
     paths = [v for app in serve_config_v2["applications"]
-             for part in ("asr", "alignment", "diarization")
-             for v in (app.get("args", {}).get(part) or {}).values()
+             for deployment in app.get("deployments", [])
+             for v in (deployment.get("user_config") or {}).values()
              if isinstance(v, str) and v.startswith("/")]
     assert paths
     for group in rayservice["spec"]["rayClusterConfig"]["workerGroupSpecs"]:

@@ -290,3 +290,12 @@ async def test_a_model_loaded_later_and_still_held_is_not_the_evicted_models_res
     await use(pool, "c")  # evicts a, released cleanly; b's 200 MiB is still (rightly) held
     assert reasons(pool) == [("a", "evicted")]
     assert pool.health_problem(DeviceConfig(rss_residue_budget_mib=64)) is None, pool.last_teardown.summary()
+
+
+async def test_on_start_runs_on_the_holder_thread_just_before_the_method(make_pool):
+    pool = make_pool()
+    seen: list[tuple[str, str]] = []
+    on_start = lambda: seen.append(("started", threading.current_thread().name))  # noqa: E731
+    answer = await pool.call("a", spec("a"), "infer", on_start=on_start)
+    assert answer[0] == "a"
+    assert len(seen) == 1 and seen[0][1] != threading.current_thread().name

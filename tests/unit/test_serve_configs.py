@@ -1,9 +1,10 @@
 """serve_config.yaml (production, GPU) and serve_config.cpu.yaml (the embedded default, 2 CPU cores):
-both are valid Serve configs whose `args` the app accepts, the CPU profile asks for no GPU and fits two
-cores, and the production profile gives each model deployment its GPU share.
+both are valid Serve configs whose `args` the app accepts, every model setting sits in its deployment's
+`user_config` (swapped in place on `serve deploy`), the CPU profile asks for no GPU and fits two cores, and
+the production profile gives each model deployment its GPU share and scales it on queued audio.
 
 Checked without starting Ray: Ray's own `ServeDeploySchema` for the file, the app's own `AppArgs` (and
-`build_app`) for `args`.
+`build_app`) for `args`, each config class for its `user_config`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ CONFIGS = [PRODUCTION, CPU]
 IMPORT_PATH = "serve_app.app:build_app"
 CPU_BUDGET = 2.0  # cores of the machine the CPU profile is sized for
 PRODUCTION_GPU_SHARES = {"AsrDeployment": 0.4, "AlignmentDeployment": 0.2, "DiarizationDeployment": 0.3}
-MODEL_PARTS = ("asr", "alignment", "diarization")
+MODEL_DEPLOYMENTS = tuple(PRODUCTION_GPU_SHARES)
 # Serve's defaults for what a deployment entry leaves out.
 DEFAULT_NUM_CPUS = 1.0
 DEFAULT_NUM_REPLICAS = 1
@@ -101,23 +102,29 @@ def test_build_app_builds_every_configured_deployment(path):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_user_config_overrides_are_valid(path):
-    """A `user_config` under a deployment replaces what build_app seeds from `args`: same model."""
-    from deployments import alignment, asr, diarization
+def test_every_model_deployment_has_its_settings_in_user_config(path):
+    """The one place for a model setting: the deployment's user_config, valid for its config class."""
+    from serve_app.app import MODEL_DEPLOYMENTS as CLASSES
 
-    config_classes = {"AsrDeployment": asr.AsrDeploymentConfig, "AlignmentDeployment": alignment.AlignmentConfig,
-                      "DiarizationDeployment": diarization.DiarizationConfig}
-    for name, deployment in deployments(load(path)).items():
-        if "user_config" in deployment:
-            config_classes[name].model_validate(deployment["user_config"])
+    by_name = deployments(load(path))
+    for name in MODEL_DEPLOYMENTS:
+        assert "user_config" in by_name[name], f"{name} has no user_config in {path.name}"
+        CLASSES[name].config_cls.model_validate(by_name[name]["user_config"])
+
+
+@pytest.mark.parametrize("part", ["asr", "alignment", "diarization"])
+def test_model_settings_under_args_are_refused_and_say_where_they_go(part):
+    from pydantic import ValidationError
+
+    from serve_app.app import build_app
+
+    with pytest.raises(ValidationError, match=rf"model settings do not go in args \(`{part}` -> the user_config"):
+        build_app({part: {"device": "cpu"}})
 
 
 @pytest.mark.parametrize(("args", "key"), [
-    ({"asr": {"modle": "large-v3"}}, "asr.modle"),
-    ({"asr": {"model": "large-v3"}}, "asr.model"),  # the single-model key of old configs
-    ({"alignment": {"modles": {}}}, "alignment.modles"),
-    ({"diarization": {"clustering_treshold": 0.7}}, "diarization.clustering_treshold"),
     ({"ingress": {"subtitles": {"max_line_char": 30}}}, "ingress.subtitles.max_line_char"),
+    ({"ingress": {"max_upload_mb": 30}}, "ingress.max_upload_mb"),
     ({"asrr": {}}, "asrr"),
 ])
 def test_a_misspelt_key_fails_the_build_and_names_the_key(args, key):
@@ -166,9 +173,8 @@ def test_cpu_profile_asks_for_no_gpu():
     config = load(CPU)
     for name, deployment in deployments(config).items():
         assert gpu_requests(deployment) == [], name
-    (app,) = config["applications"]
-    for part in MODEL_PARTS:
-        assert app["args"][part]["device"] == "cpu", part
+    for name in MODEL_DEPLOYMENTS:
+        assert deployments(config)[name]["user_config"]["device"] == "cpu", name
 
 
 def test_cpu_profile_fits_two_cores():
@@ -192,9 +198,25 @@ def test_production_gpu_shares():
     assert gpu_requests(by_name["TranscriptionIngress"]) == [], "the ingress holds no model"
     # One replica of each model fits one GPU.
     assert sum(PRODUCTION_GPU_SHARES.values()) <= 1.0
-    (app,) = config["applications"]
-    for part in MODEL_PARTS:
-        assert app["args"][part]["device"].startswith("cuda"), part
+    for name in MODEL_DEPLOYMENTS:
+        assert by_name[name]["user_config"]["device"].startswith("cuda"), name
+
+
+def test_production_model_deployments_scale_on_queued_audio():
+    """Each model deployment's autoscaling policy is the queued-audio one, with a target it accepts; the
+    ingress scales on requests (Serve's default policy); diarization may scale to zero."""
+    from ray.serve.config import AutoscalingConfig
+
+    from core.autoscaling import QueuedAudioPolicy
+
+    by_name = deployments(load(PRODUCTION))
+    for name in MODEL_DEPLOYMENTS:
+        autoscaling = AutoscalingConfig.model_validate(by_name[name]["autoscaling_config"])
+        assert autoscaling.policy.policy_function == "core.autoscaling:QueuedAudioPolicy", name
+        QueuedAudioPolicy(**autoscaling.policy.policy_kwargs)
+    ingress = AutoscalingConfig.model_validate(by_name["TranscriptionIngress"]["autoscaling_config"])
+    assert ingress.policy.is_default_policy_function()
+    assert by_name["DiarizationDeployment"]["autoscaling_config"]["min_replicas"] == 0
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
