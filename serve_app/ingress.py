@@ -4,6 +4,7 @@ Holds no model. Every error becomes OpenAI's error shape here, in `error_respons
 """
 
 
+import asyncio
 import hmac
 import logging
 import math
@@ -32,8 +33,9 @@ from core.errors import (
 from deployments.replica import route_logs_to_serve
 from serve_app import formats, media, uploads
 from serve_app.admission import Admission
+from serve_app.metrics import IngressMetrics, safely
 from serve_app.pipeline import TranscriptionPipeline, unwrap_remote_error
-from serve_app.progress import ProgressBoard
+from serve_app.progress import Progress, ProgressBoard
 from serve_app.schemas import TranscriptionRequest
 from serve_app.settings import AppArgs, ServiceSettings
 
@@ -139,6 +141,16 @@ async def _replica_statuses(handle: Any) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
+async def _running_replicas(handle: Any) -> int | None:
+    """Replicas of the handle's deployment running now, from the controller (None if it does not say)."""
+    def count() -> int | None:
+        context = serve.get_replica_context()
+        deployment = serve.status().applications[context.app_name].deployments.get(handle.deployment_name)
+        return None if deployment is None else deployment.replica_states.get(ReplicaState.RUNNING, 0)
+
+    return await asyncio.to_thread(count)
+
+
 def _model_card(model_id: str, **details: Any) -> dict[str, Any]:
     """OpenAI's model object, with our details (loaded, default, source, alias_of) as extra keys."""
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "transcription-service", **details}
@@ -158,7 +170,9 @@ class TranscriptionIngress:
         limits = self._args.ingress
         self._pipeline = TranscriptionPipeline(asr, alignment, diarization, put=ray.put,
                                                model_aliases=frozenset(limits.model_aliases),
-                                               max_chunks_in_flight=limits.max_chunks_in_flight)
+                                               max_chunks_in_flight=limits.max_chunks_in_flight,
+                                               running_replicas=_running_replicas)
+        self._metrics = IngressMetrics()
         self._progress = ProgressBoard()
         self._upload_limits = uploads.UploadLimits(
             max_bytes=int(limits.max_upload_mib * _MIB), idle_timeout_s=limits.upload_idle_timeout_s,
@@ -189,21 +203,29 @@ class TranscriptionIngress:
             raise Unauthorized("missing or wrong API key: send Authorization: Bearer <key>")
 
     async def _transcribe(self, request: Request, task: str) -> Response:
+        route = "transcriptions" if task == "transcribe" else "translations"
         request_id = _request_id(request)
         started = time.perf_counter()
+        parsed: TranscriptionRequest | None = None
+        progress = Progress(request_id)
         try:
             self._authorize(request)
             limits = self._args.ingress
             # Admitted or refused before the upload is read: a refusal costs no upload and no decode.
-            with self._admission.admit() as ticket, self._progress.track(request_id) as progress:
+            with self._admission.admit() as ticket, self._progress.track(progress):
+                self._record_admission()
                 async with uploads.receive_form(request, self._upload_limits) as form:
                     ticket.uploaded()
                     parsed = _parse_fields(form.fields, task)
+                    decoding = time.perf_counter()
                     decoded = await media.decode_audio(form.file, max_duration_s=limits.max_audio_duration_s,
                                                        timeout_s=limits.decode_timeout_s,
                                                        memory_limit_mib=limits.decode_memory_limit_mib)
+                    progress.stage_s["decode"] = time.perf_counter() - decoding
                 ticket.measured(decoded.duration_s)
+                self._record_admission()
                 result = await self._pipeline.run(decoded.samples, parsed, progress)
+            self._record_admission()
             transcript = replace(result, warnings=decoded.warnings)
             subtitles = limits.subtitles.model_copy(update={
                 k: v for k, v in (("max_line_chars", parsed.max_line_chars),
@@ -212,7 +234,14 @@ class TranscriptionIngress:
                                                  granularities=frozenset(parsed.timestamp_granularities),
                                                  subtitles=subtitles)
         except Exception as e:  # noqa: BLE001 - every failure is answered through error_response
-            return error_response(e, request_id)
+            answer = error_response(e, request_id)
+            shed = isinstance(unwrap_remote_error(e), Overloaded)
+            safely(self._metrics.answered, route, parsed.response_format if parsed else "", answer.status_code,
+                   shed, None, {})
+            self._record_admission()
+            return answer
+        safely(self._metrics.answered, route, parsed.response_format, 200, False, transcript.duration_s,
+               progress.stage_s)
         logger.info("request %s: %s %.1f s of audio in %d chunks, %s, %.2f s", request_id, task,
                     transcript.duration_s, progress.chunks_total or 0, parsed.response_format,
                     time.perf_counter() - started)
@@ -225,6 +254,10 @@ class TranscriptionIngress:
         if isinstance(content, dict):
             return JSONResponse(content, headers=headers)
         return PlainTextResponse(content, media_type=media_type, headers=headers)
+
+    def _record_admission(self) -> None:
+        now = self._admission.snapshot()
+        safely(self._metrics.admission, now.queued_audio_s, now.expected_wait_s, self._admission.max_queue_wait_s)
 
     # --- routes ---------------------------------------------------------------------------------
 

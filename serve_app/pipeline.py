@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -64,13 +65,17 @@ class TranscriptionPipeline:
 
     def __init__(self, asr: Any, alignment: Any | None, diarization: Any | None,
                  put: Callable[[np.ndarray], Any], model_aliases: frozenset[str] = frozenset(),
-                 max_chunks_in_flight: int = 32) -> None:
+                 max_chunks_in_flight: int = 32,
+                 running_replicas: Callable[[Any], Awaitable[int | None]] | None = None) -> None:
         self._asr = asr
         self._alignment = alignment
         self._diarization = diarization
         self._put = put
         self._model_aliases = model_aliases
         self._max_chunks_in_flight = max_chunks_in_flight
+        # How many replicas a deployment runs now (None: unknown); asked before a diarized request, so that
+        # one which waits for a deployment scaled to zero says so.
+        self._running_replicas = running_replicas
 
     async def run(self, samples: np.ndarray, request: TranscriptionRequest,
                   progress: Progress | None = None) -> Transcript:
@@ -82,8 +87,14 @@ class TranscriptionPipeline:
         diarization = self._diarization if request.diarize else None
         speaker_options = SpeakerOptions(num_speakers=request.num_speakers, min_speakers=request.min_speakers,
                                          max_speakers=request.max_speakers)
+        progress = progress or Progress("")
         # Sent now, awaited last: diarization runs while ASR (and alignment) run.
-        turns_response = diarization.diarize.remote(audio, speaker_options) if diarization is not None else None
+        turns_response = turns_call = None
+        if diarization is not None:
+            await self._say_if_scaled_to_zero(diarization, progress)
+            turns_response = diarization.diarize.remote(audio, speaker_options)
+            turns_call = asyncio.ensure_future(self._diarized(diarization, turns_response, audio,
+                                                              speaker_options, progress))
         asr_options = AsrOptions(
             task=request.task, language=request.language, prompt=request.prompt,
             model=None if request.model is None or request.model in self._model_aliases else request.model,
@@ -92,20 +103,21 @@ class TranscriptionPipeline:
             # never changes the text; an alignment model, where one covers the language, refines them.
             word_timestamps=request.needs_words,
         )
-        progress = progress or Progress("")
         try:
             asr_result = await self._transcribed(audio, samples, asr_options, progress)
             segments, word_source = list(asr_result.segments), asr_result.word_source
             if request.needs_words and segments and self._wants_alignment(request):
+                started = time.monotonic()
                 segments, word_source = await self._aligned(audio, asr_result)
+                progress.stage_s["alignment"] = time.monotonic() - started
                 progress.aligned = True
-            turns = [] if diarization is None else await call_model(diarization.diarize, audio, speaker_options,
-                                                                    sent=turns_response)
-            if diarization is not None:
-                progress.diarized = True
+            turns = [] if turns_call is None else await turns_call
         except BaseException:
-            if turns_response is not None:
+            if turns_response is not None and turns_call is not None:
                 turns_response.cancel()
+                turns_call.cancel()
+                if turns_call.done() and not turns_call.cancelled():
+                    turns_call.exception()  # retrieved: this request already fails with the first error
             raise
         if turns:
             segments = assign_speakers(segments, turns)
@@ -117,7 +129,10 @@ class TranscriptionPipeline:
                            progress: Progress) -> AsrResult:
         """Plan on one ASR replica, then every chunk decoded where Serve sends it, at most
         `max_chunks_in_flight` at a time, counted into `progress` as each comes back."""
+        started = time.monotonic()
         plan: AsrPlan = await call_model(self._asr.plan, audio, options)
+        planned = time.monotonic()
+        progress.stage_s["vad"] = planned - started
         progress.planned(len(plan.chunks), plan.duration_s)
         tasks = chunk_tasks(plan, samples, task=options.task, prompt=options.prompt,
                             temperature=options.temperature, word_timestamps=options.word_timestamps)
@@ -136,7 +151,30 @@ class TranscriptionPipeline:
             for call in calls:  # the chunks still waiting or in flight are not wanted any more
                 call.cancel()
             raise
+        progress.stage_s["asr"] = time.monotonic() - planned
         return assemble(plan, list(decoded), word_timestamps=options.word_timestamps)
+
+    async def _diarized(self, diarization: Any, sent: Any, audio: Any, options: SpeakerOptions,
+                        progress: Progress) -> list[Any]:
+        started = time.monotonic()
+        turns: list[Any] = await call_model(diarization.diarize, audio, options, sent=sent)
+        progress.stage_s["diarization"] = time.monotonic() - started
+        progress.diarized = True
+        return turns
+
+    async def _say_if_scaled_to_zero(self, deployment: Any, progress: Progress) -> None:
+        """Log that a request waits for a deployment with no replica running (scaled to zero): Serve holds
+        the call and starts a replica, which takes a model load or, on Kubernetes, a node."""
+        if self._running_replicas is None:
+            return
+        try:
+            running = await self._running_replicas(deployment)
+        except Exception:  # only a log line depends on it
+            logger.debug("could not count the replicas of %s", deployment, exc_info=True)
+            return
+        if running == 0:
+            logger.info("request %s: %s has no replica running (scaled to zero); waiting for one to start",
+                        progress.request_id, getattr(deployment, "deployment_name", "a deployment"))
 
     def _wants_alignment(self, request: TranscriptionRequest) -> bool:
         # Translated text cannot be aligned to the source-language audio by a CTC model.

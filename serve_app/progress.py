@@ -31,6 +31,7 @@ class Progress:
     aligned: bool | None = None  # None: no alignment asked for
     diarized: bool | None = None  # None: no diarization asked for
     started: float = field(default_factory=time.monotonic)
+    stage_s: dict[str, float] = field(default_factory=dict)  # wall time of each stage finished
 
     @property
     def is_long(self) -> bool:
@@ -56,7 +57,8 @@ class Progress:
     def as_dict(self) -> dict[str, Any]:
         return {"request_id": self.request_id, "audio_s": self.audio_s, "chunks_total": self.chunks_total,
                 "chunks_done": self.chunks_done, "aligned": self.aligned, "diarized": self.diarized,
-                "elapsed_s": round(self.elapsed_s, 3)}
+                "elapsed_s": round(self.elapsed_s, 3),
+                "stage_s": {stage: round(seconds, 3) for stage, seconds in self.stage_s.items()}}
 
 
 class ProgressBoard:
@@ -67,8 +69,7 @@ class ProgressBoard:
         self._in_flight: dict[int, Progress] = {}
 
     @contextmanager
-    def track(self, request_id: str) -> Iterator[Progress]:
-        progress = Progress(request_id)
+    def track(self, progress: Progress) -> Iterator[Progress]:
         self._in_flight[id(progress)] = progress
         try:
             yield progress
