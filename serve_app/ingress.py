@@ -235,7 +235,8 @@ class TranscriptionIngress:
                                                  subtitles=subtitles)
         except Exception as e:  # noqa: BLE001 - every failure is answered through error_response
             answer = error_response(e, request_id)
-            shed = isinstance(unwrap_remote_error(e), Overloaded)
+            # Shed: admission's refusal or a full model queue, both answered as 503 "overloaded".
+            shed = answer.status_code == 503 and b'"code":"overloaded"' in bytes(answer.body)
             safely(self._metrics.answered, route, parsed.response_format if parsed else "", answer.status_code,
                    shed, None, {})
             self._record_admission()

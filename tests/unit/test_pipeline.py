@@ -362,3 +362,41 @@ async def test_a_failed_chunk_fails_the_request_and_cancels_the_chunks_still_wai
     with pytest.raises(ModelUnavailable):
         await pipeline.run(np.zeros(16_000 * 12, np.float32), request())
     assert len(decoded_tasks(asr)) < len(MANY), "chunks behind the window were never sent"
+
+
+async def test_each_stage_the_request_went_through_is_timed_into_its_progress():
+    from serve_app.progress import Progress
+
+    pipeline, *_ = make({"en": "some/model"})
+    plain, full = Progress("plain"), Progress("full")
+    await pipeline.run(AUDIO, request(), plain)
+    await pipeline.run(AUDIO, request(response_format="verbose_json", timestamp_granularities=["word"],
+                                      diarize=True), full)
+    assert set(plain.stage_s) == {"vad", "asr"}
+    assert set(full.stage_s) == {"vad", "asr", "alignment", "diarization"}
+    assert all(seconds >= 0 for seconds in full.stage_s.values())
+    assert full.as_dict()["stage_s"].keys() == full.stage_s.keys()
+
+
+@pytest.mark.parametrize(("running", "says"), [(0, True), (1, False), (None, False)])
+async def test_a_diarized_request_to_a_deployment_scaled_to_zero_says_it_waits(caplog, running, says):
+    import logging
+
+    from serve_app.progress import Progress
+
+    pipeline, *_ = make()
+    asked: list[object] = []
+
+    async def running_replicas(handle):
+        asked.append(handle)
+        return running
+
+    pipeline._running_replicas = running_replicas
+    with caplog.at_level(logging.INFO, logger="serve_app.pipeline"):
+        transcript = await pipeline.run(AUDIO, request(diarize=True), Progress("r-1"))
+    assert transcript.speakers == ["SPEAKER_00", "SPEAKER_01"]
+    assert len(asked) == 1
+    said = [r.getMessage() for r in caplog.records if "scaled to zero" in r.getMessage()]
+    assert bool(said) is says, said
+    if says:
+        assert said[0].startswith("request r-1: ")
