@@ -209,7 +209,7 @@ def kill_one_replica_under_load(served: Served, deployment: str, diarize_every: 
     with Load(served.url, diarize_every) as load:
         time.sleep(LOAD_BEFORE_KILL_S)
         # Killed just after it started a model call, so that it dies with at least one in flight.
-        wait_for(lambda: served.calls(holder)[-1][0] == victim, "a call started in the replica")
+        wait_for(lambda: (served.calls(holder) or [(None, 0)])[-1][0] == victim, "a call started in the replica")
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
         detected = wait_for(lambda: running_replicas(deployment) < REPLICAS, "the controller noticing")

@@ -28,10 +28,11 @@ def free_port() -> int:
 
 
 def serve_config(port: int, asr_user_config: dict[str, Any] | None = None,
-                 asr_options: dict[str, Any] | None = None, options: dict[str, dict[str, Any]] | None = None):
+                 asr_options: dict[str, Any] | None = None, options: dict[str, dict[str, Any]] | None = None,
+                 args: dict[str, Any] | None = None):
     """The Serve config of the fake app; `asr_user_config` replaces the ASR deployment's, as an operator's
-    edited serve_config.yaml would, `asr_options` are its deployment options (num_replicas, ...) and
-    `options` any deployment's, by name."""
+    edited serve_config.yaml would, `asr_options` are its deployment options (num_replicas, ...),
+    `options` any deployment's, by name, and `args` the app's."""
     from ray.serve.schema import ServeDeploySchema
 
     user_configs = {**USER_CONFIGS, **({"AsrDeployment": asr_user_config} if asr_user_config is not None else {})}
@@ -41,7 +42,7 @@ def serve_config(port: int, asr_user_config: dict[str, Any] | None = None,
     deployments = [{"name": name, **({"user_config": user_configs[name]} if name in user_configs else {}),
                     **options.get(name, {})} for name in names]
     app: dict[str, Any] = {"name": APP, "route_prefix": "/", "import_path": "tests.serve.fake_app:build",
-                           "args": {}, "deployments": deployments}
+                           "args": args or {}, "deployments": deployments}
     return ServeDeploySchema.model_validate({
         "proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [app]})
@@ -50,10 +51,11 @@ def serve_config(port: int, asr_user_config: dict[str, Any] | None = None,
 @contextmanager
 def fake_app_served(port: int, env: dict[str, str] | None = None,
                     asr_options: dict[str, Any] | None = None,
-                    options: dict[str, dict[str, Any]] | None = None) -> Iterator[str]:
+                    options: dict[str, dict[str, Any]] | None = None,
+                    args: dict[str, Any] | None = None) -> Iterator[str]:
     """Start a Ray, deploy the fake app on `port` and yield its base URL; Serve and Ray are shut down after.
     `env` goes to every replica's environment, `asr_options` to the ASR deployment's options, `options`
-    to any deployment's."""
+    to any deployment's, `args` to the app."""
     import ray
     from ray import serve
     from ray.serve._private.constants import SERVE_NAMESPACE
@@ -65,7 +67,7 @@ def fake_app_served(port: int, env: dict[str, str] | None = None,
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=SERVE_NAMESPACE,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), **RAY_ENV, **(env or {})}})
     try:
-        yield deploy(serve_config(port, asr_options=asr_options, options=options), timeout_s=WAIT_S)
+        yield deploy(serve_config(port, asr_options=asr_options, options=options, args=args), timeout_s=WAIT_S)
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -35,13 +35,16 @@ ASR = {"max_ongoing_requests": 8, "autoscaling_config": {
 DIARIZATION = {"autoscaling_config": {
     "min_replicas": 0, "initial_replicas": 0, "max_replicas": 1, "downscale_to_zero_delay_s": 600,
     "policy": POLICY}}
+# The queue is the point here: admission must not shed it (30 min of audio at the fake's assumed speed).
+NO_SHEDDING = {"max_queue_wait_s": 3600}
 FAST_METRICS = {"RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "1"}
 
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
     with fake_app_served(free_port(), env={DELAY_ENV: str(DELAY_S), **FAST_METRICS},
-                         options={"AsrDeployment": ASR, "DiarizationDeployment": DIARIZATION}) as url:
+                         options={"AsrDeployment": ASR, "DiarizationDeployment": DIARIZATION},
+                         args={"ingress": NO_SHEDDING}) as url:
         yield url
 
 
