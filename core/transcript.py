@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+import numpy as np
+
 WordSource = Literal["alignment", "whisper"]
 
 
@@ -69,13 +71,31 @@ class AsrResult:
     word_source: WordSource | None = None
 
 
+# How long a known speaker's reference clip may be, seconds. pyannote's clustering trusts no embedding of
+# less than 2 s of one speaker (20% of a chunk), and 10 s is its chunk, the most speech any one of a diarized
+# speaker's embeddings comes from.
+REFERENCE_MIN_S = 2.0
+REFERENCE_MAX_S = 10.0
+
+
+@dataclass(frozen=True, eq=False)
+class SpeakerReference:
+    """A known speaker's voice: `name` and REFERENCE_MIN_S-REFERENCE_MAX_S of that speaker alone, as 16 kHz
+    mono float32 samples. Compared by identity (numpy arrays have no truth value for `==`)."""
+
+    name: str
+    audio: np.ndarray
+
+
 @dataclass(frozen=True)
 class SpeakerOptions:
-    """Speaker-count hints for diarization; all optional."""
+    """Diarization options, all optional: speaker-count hints, and known speakers' voices to name the
+    diarized speakers after."""
 
     num_speakers: int | None = None
     min_speakers: int | None = None
     max_speakers: int | None = None
+    references: tuple[SpeakerReference, ...] = ()
 
 
 @dataclass

@@ -25,10 +25,12 @@ import numpy as np
 from pydantic import Field, SecretStr
 
 from core.audio import SAMPLE_RATE_HZ
-from core.errors import ModelUnavailable
-from core.transcript import SpeakerOptions, SpeakerTurn
+from core.errors import BadRequest, ModelUnavailable
+from core.transcript import SpeakerOptions, SpeakerReference, SpeakerTurn
 from deployments.holder import DeviceConfig, ModelHolder
 from deployments.replica import SINGLE_MODEL, ModelReplica
+from deployments.speaker_matching import PARAM as REFERENCES_PARAM
+from deployments.speaker_matching import anonymous_label, check_references, match_speakers
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,9 @@ EMBEDDED_MIN_CLUSTER_SIZE = 12
 EMBEDDED_MIN_DURATION_OFF_S = 0.0
 # Embeddings from speech where only one local speaker is active: 0.052 vs 0.056 DER on the real call.
 EMBEDDED_EXCLUDE_OVERLAP = True
+
+SPEAKER_MATCH_THRESHOLD = 0.5
+SPEAKER_MATCH_THRESHOLD_WHY = "TODO"
 
 
 class DiarizationConfig(DeviceConfig):
@@ -94,6 +99,9 @@ class DiarizationConfig(DeviceConfig):
         default=True,
         description="Return turns without overlap (one speaker at a time), so that each word gets one "
                     "speaker; false returns overlapping turns.")
+    speaker_match_threshold: float = Field(
+        default=SPEAKER_MATCH_THRESHOLD, gt=0, le=1,
+        description=SPEAKER_MATCH_THRESHOLD_WHY)
     model_cache_dir: str | None = Field(
         default=None,
         description="Hub download cache (a mounted volume on Kubernetes); None: huggingface_hub's default.")
@@ -156,11 +164,16 @@ class DiarizationHolder(ModelHolder[DiarizationConfig, Any]):
 
     def diarize(self, audio: np.ndarray, options: SpeakerOptions) -> list[SpeakerTurn]:
         """Speaker turns of 16 kHz mono float32 audio, labelled SPEAKER_00, SPEAKER_01... in order of
-        first appearance, times in seconds. Runs on the owning thread."""
+        first appearance, times in seconds; a speaker whose voice matches one of `options.references`
+        carries that reference's name instead (and the others keep the label they would have had).
+        Runs on the owning thread."""
         pipeline = self._require_model()
         samples = np.asarray(audio, dtype=np.float32)
         if samples.ndim != 1:
             raise ValueError(f"expected mono audio as a 1-D array, got shape {samples.shape}")
+        check_references(options.references)  # before the expensive part
+        if options.references and getattr(pipeline, "_embedding", None) is None:
+            raise _cannot_name()
         if samples.size == 0:
             return []
         pipeline.embedding_batch_size = self.config.embedding_batch_size
@@ -170,7 +183,12 @@ class DiarizationHolder(ModelHolder[DiarizationConfig, Any]):
         output = _apply(pipeline, samples.copy(), num_speakers=options.num_speakers,
                         min_speakers=options.min_speakers, max_speakers=options.max_speakers)
         duration_s = samples.size / SAMPLE_RATE_HZ
-        return _turns(_annotation(output, exclusive=self.config.exclusive_turns), duration_s)
+        annotation = _annotation(output, exclusive=self.config.exclusive_turns)
+        known: dict[Any, str] = {}
+        if options.references:
+            known = _known_speakers(pipeline, output, annotation, options.references,
+                                    self.config.speaker_match_threshold)
+        return _turns(annotation, duration_s, known)
 
 
 def _telemetry_off() -> None:
@@ -283,9 +301,58 @@ def _annotation(output: Any, exclusive: bool) -> Any:
     return getattr(output, "speaker_diarization", output)
 
 
-def _turns(annotation: Any, duration_s: float) -> list[SpeakerTurn]:
-    """Turns in time order within [0, duration_s], labels renamed SPEAKER_00, SPEAKER_01... by first
-    appearance."""
+def _known_speakers(pipeline: Any, output: Any, annotation: Any, references: tuple[SpeakerReference, ...],
+                    threshold: float) -> dict[Any, str]:
+    """{pipeline label: reference name} for the reported speakers whose centroid embedding matches a
+    reference's (deployments.speaker_matching)."""
+    if getattr(output, "speaker_embeddings", None) is None:  # a pipeline without clustering centroids
+        raise _cannot_name()
+    speakers, centroids = _reported_centroids(output, annotation)
+    if not speakers:
+        return {}
+    # SpeakerDiarization's own embedding inference: the model the centroids come from.
+    embeddings = _embed(pipeline._embedding, references)
+    matched = match_speakers(speakers, centroids, [r.name for r in references], embeddings, threshold)
+    logger.info("named %d of %d speakers after %d known voices", len(matched), len(speakers), len(references))
+    return matched
+
+
+def _cannot_name() -> BadRequest:
+    return BadRequest("the configured diarization model has no speaker embeddings to recognise known speakers by",
+                      param=REFERENCES_PARAM)
+
+
+def _reported_centroids(output: Any, annotation: Any) -> tuple[list[Any], np.ndarray]:
+    """The labels of `annotation` in order of first appearance, and their centroid embeddings, one row each.
+
+    pyannote 4 aligns `speaker_embeddings` with `speaker_diarization.labels()`; the exclusive annotation
+    reuses those labels (and may lack a speaker who only ever overlaps another).
+    """
+    centroid_of = dict(zip(output.speaker_diarization.labels(), output.speaker_embeddings, strict=True))
+    labels = [label for label in dict.fromkeys(label for _, _, label in annotation.itertracks(yield_label=True))
+              if label in centroid_of]
+    dimension = output.speaker_embeddings.shape[1]
+    return labels, np.stack([centroid_of[label] for label in labels]) if labels else np.zeros((0, dimension))
+
+
+def _embed(embedding: Any, references: tuple[SpeakerReference, ...]) -> np.ndarray:
+    """(num_references, dimension) embeddings of whole reference clips by `embedding` (pyannote's embedding
+    inference), one clip per forward pass since lengths differ."""
+    import torch
+
+    rows = []
+    for reference in references:
+        # A copy: arrays from Ray's object store are read-only, and torch wants writeable memory.
+        waveform = torch.from_numpy(np.array(reference.audio, dtype=np.float32)).reshape(1, 1, -1)
+        rows.append(embedding(waveform)[0])
+    return np.stack(rows)
+
+
+def _turns(annotation: Any, duration_s: float, known: dict[Any, str] | None = None) -> list[SpeakerTurn]:
+    """Turns in time order within [0, duration_s], labels renamed by `known` or else SPEAKER_00,
+    SPEAKER_01... by first appearance (numbered as if none were known, so a label does not depend on
+    which other speakers were named)."""
+    known = known or {}
     names: dict[Any, str] = {}
     turns = []
     for segment, _track, label in annotation.itertracks(yield_label=True):
@@ -293,8 +360,8 @@ def _turns(annotation: Any, duration_s: float) -> list[SpeakerTurn]:
         start_s, end_s = round(float(segment.start), 3), round(min(float(segment.end), duration_s), 3)
         if end_s <= start_s:
             continue
-        name = names.setdefault(label, f"SPEAKER_{len(names):02d}")
-        turns.append(SpeakerTurn(speaker=name, start_s=start_s, end_s=end_s))
+        name = names.setdefault(label, anonymous_label(len(names)))
+        turns.append(SpeakerTurn(speaker=known.get(label, name), start_s=start_s, end_s=end_s))
     return turns
 
 

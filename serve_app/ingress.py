@@ -6,15 +6,18 @@ Holds no model. Every error becomes OpenAI's error shape here, in `error_respons
 
 import asyncio
 import hmac
+import json
 import logging
 import math
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import ExitStack
 from dataclasses import asdict, replace
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import RayActorError
@@ -30,8 +33,9 @@ from core.errors import (
     Unauthorized,
     error_body,
 )
+from core.transcript import SpeakerReference, Transcript
 from deployments.replica import route_logs_to_serve
-from serve_app import formats, media, uploads
+from serve_app import formats, media, references, streaming, uploads
 from serve_app.admission import Admission
 from serve_app.metrics import IngressMetrics, safely
 from serve_app.pipeline import TranscriptionPipeline, unwrap_remote_error
@@ -58,8 +62,8 @@ async def _http_error(_request: Request, error: HTTPException) -> JSONResponse:
 _MIB = 1024 * 1024
 WARNING_HEADER = "x-transcription-warnings"
 """Response header naming what of the upload could not be decoded; absent when all of it was."""
-_LIST_FIELDS = {"timestamp_granularities[]": "timestamp_granularities",
-                "timestamp_granularities": "timestamp_granularities"}
+_LIST_FIELDS = {f"{name}{suffix}": name for name in ("timestamp_granularities", "known_speaker_names",
+                                                     "known_speaker_references") for suffix in ("[]", "")}
 
 
 def _request_id(request: Request) -> str:
@@ -141,14 +145,37 @@ async def _replica_statuses(handle: Any) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
+_RUNNING_REPLICAS_TTL_S = 2.0
+_running_replicas_seen: dict[str, tuple[float, int | None]] = {}
+
+
 async def _running_replicas(handle: Any) -> int | None:
-    """Replicas of the handle's deployment running now, from the controller (None if it does not say)."""
+    """Replicas of the handle's deployment running now, from the controller (None if it does not say).
+    Asked at most every _RUNNING_REPLICAS_TTL_S per deployment: under load, not once per request."""
+    name = handle.deployment_name
+    asked_at, running = _running_replicas_seen.get(name, (-math.inf, None))
+    if time.monotonic() - asked_at < _RUNNING_REPLICAS_TTL_S:
+        return running
+
     def count() -> int | None:
         context = serve.get_replica_context()
-        deployment = serve.status().applications[context.app_name].deployments.get(handle.deployment_name)
+        deployment = serve.status().applications[context.app_name].deployments.get(name)
         return None if deployment is None else deployment.replica_states.get(ReplicaState.RUNNING, 0)
 
-    return await asyncio.to_thread(count)
+    running = await asyncio.to_thread(count)
+    _running_replicas_seen[name] = (time.monotonic(), running)
+    return running
+
+
+def _warning_headers(decoded: media.DecodedAudio) -> dict[str, str]:
+    # Every format carries them here, subtitles, plain text and streams included; JSON bodies also list
+    # them under "warnings".
+    return {WARNING_HEADER: " | ".join(decoded.warnings)} if decoded.warnings else {}
+
+
+def _is_shed(answer: Response) -> bool:
+    """Shed: admission's refusal or a full model queue, both answered as 503 "overloaded"."""
+    return answer.status_code == 503 and b'"code":"overloaded"' in bytes(answer.body)
 
 
 def _model_card(model_id: str, **details: Any) -> dict[str, Any]:
@@ -211,20 +238,30 @@ class TranscriptionIngress:
         try:
             self._authorize(request)
             limits = self._args.ingress
-            # Admitted or refused before the upload is read: a refusal costs no upload and no decode.
-            with self._admission.admit() as ticket, self._progress.track(progress):
+            with ExitStack() as held:
+                # Admitted or refused before the upload is read: a refusal costs no upload and no decode.
+                ticket = held.enter_context(self._admission.admit())
+                held.enter_context(self._progress.track(progress))
                 self._record_admission()
                 async with uploads.receive_form(request, self._upload_limits) as form:
                     ticket.uploaded()
                     parsed = _parse_fields(form.fields, task)
                     decoding = time.perf_counter()
+                    known = await references.decode(parsed.known_speaker_names, parsed.known_speaker_references,
+                                                    timeout_s=limits.decode_timeout_s,
+                                                    memory_limit_mib=limits.decode_memory_limit_mib)
                     decoded = await media.decode_audio(form.file, max_duration_s=limits.max_audio_duration_s,
                                                        timeout_s=limits.decode_timeout_s,
                                                        memory_limit_mib=limits.decode_memory_limit_mib)
                     progress.stage_s["decode"] = time.perf_counter() - decoding
                 ticket.measured(decoded.duration_s)
                 self._record_admission()
-                result = await self._pipeline.run(decoded.samples, parsed, progress)
+                if parsed.stream:
+                    # The stream holds the admission and the progress from here until its last event.
+                    events = self._events(held.pop_all(), decoded, parsed, known, progress, route, started)
+                    return StreamingResponse(events, media_type=streaming.MEDIA_TYPE,
+                                             headers={"Cache-Control": "no-cache", **_warning_headers(decoded)})
+                result = await self._pipeline.run(decoded.samples, parsed, progress, known)
             self._record_admission()
             transcript = replace(result, warnings=decoded.warnings)
             subtitles = limits.subtitles.model_copy(update={
@@ -235,26 +272,58 @@ class TranscriptionIngress:
                                                  subtitles=subtitles)
         except Exception as e:  # noqa: BLE001 - every failure is answered through error_response
             answer = error_response(e, request_id)
-            # Shed: admission's refusal or a full model queue, both answered as 503 "overloaded".
-            shed = answer.status_code == 503 and b'"code":"overloaded"' in bytes(answer.body)
-            safely(self._metrics.answered, route, parsed.response_format if parsed else "", answer.status_code,
-                   shed, None, {})
-            self._record_admission()
+            self._answered(route, parsed, answer.status_code, _is_shed(answer), None, {})
             return answer
-        safely(self._metrics.answered, route, parsed.response_format, 200, False, transcript.duration_s,
-               progress.stage_s)
-        logger.info("request %s: %s %.1f s of audio in %d chunks, %s, %.2f s", request_id, task,
-                    transcript.duration_s, progress.chunks_total or 0, parsed.response_format,
-                    time.perf_counter() - started)
-        headers: dict[str, str] = {}  # Serve's proxy adds x-request-id to every response itself
-        if decoded.warnings:
-            # Every format carries them here, subtitles and plain text included; JSON bodies also
-            # list them under "warnings".
-            headers[WARNING_HEADER] = " | ".join(decoded.warnings)
+        self._answered(route, parsed, 200, False, transcript.duration_s, progress.stage_s)
+        self._log_answer(request_id, parsed, transcript, progress, started)
+        headers = _warning_headers(decoded)  # Serve's proxy adds x-request-id to every response itself
+        if headers:
             logger.warning("request %s: %s", request_id, headers[WARNING_HEADER])
         if isinstance(content, dict):
             return JSONResponse(content, headers=headers)
         return PlainTextResponse(content, media_type=media_type, headers=headers)
+
+    async def _events(self, held: ExitStack, decoded: media.DecodedAudio, parsed: TranscriptionRequest,
+                      known: tuple[SpeakerReference, ...], progress: Progress, route: str,
+                      started: float) -> AsyncIterator[str]:
+        """The stream of one request: deltas as the chunks come back in order, then the closing events.
+        A client that goes away closes this generator: the pipeline is cancelled with it, and so are its
+        chunks still queued at the replicas."""
+        texts: asyncio.Queue[str | None] = asyncio.Queue()
+        progress.on_text = texts.put_nowait
+        run = asyncio.ensure_future(self._pipeline.run(decoded.samples, parsed, progress, known))
+        run.add_done_callback(lambda _: texts.put_nowait(None))
+        try:
+            with held:
+                while (text := await texts.get()) is not None:
+                    yield streaming.sse(streaming.delta(text))
+                transcript = replace(await run, warnings=decoded.warnings)
+            for event in streaming.closing(transcript, parsed.response_format):
+                yield streaming.sse(event)
+        except Exception as e:  # noqa: BLE001 - the 200 is sent: the failure becomes the last event
+            answer = error_response(e, progress.request_id)
+            self._answered(route, parsed, answer.status_code, _is_shed(answer), None, {})
+            yield streaming.sse(streaming.error(json.loads(bytes(answer.body))))
+            return
+        finally:
+            if not run.done():
+                run.cancel()
+                logger.info("request %s: the client left the stream; its work is cancelled", progress.request_id)
+        self._answered(route, parsed, 200, False, transcript.duration_s, progress.stage_s)
+        self._log_answer(progress.request_id, parsed, transcript, progress, started)
+
+    def _answered(self, route: str, parsed: TranscriptionRequest | None, status_code: int, shed: bool,
+                  audio_s: float | None, stage_s: dict[str, float]) -> None:
+        safely(self._metrics.answered, route, parsed.response_format if parsed else "", status_code, shed,
+               audio_s, stage_s)
+        self._record_admission()
+
+    @staticmethod
+    def _log_answer(request_id: str, parsed: TranscriptionRequest, transcript: Transcript, progress: Progress,
+                    started: float) -> None:
+        logger.info("request %s: %s %.1f s of audio in %d chunks, %s%s, %.2f s", request_id, parsed.task,
+                    transcript.duration_s, progress.chunks_total or 0, parsed.response_format,
+                    " (stream)" if parsed.stream else "", time.perf_counter() - started)
 
     def _record_admission(self) -> None:
         now = self._admission.snapshot()

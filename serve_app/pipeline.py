@@ -23,7 +23,7 @@ from ray.exceptions import RayActorError
 
 from core.chunks import AsrPlan, ChunkTask, DecodedChunk, assemble, chunk_tasks
 from core.errors import BadRequest, ModelUnavailable
-from core.transcript import AsrOptions, AsrResult, Segment, SpeakerOptions, Transcript, WordSource
+from core.transcript import AsrOptions, AsrResult, Segment, SpeakerOptions, SpeakerReference, Transcript, WordSource
 from serve_app.progress import Progress
 from serve_app.schemas import TranscriptionRequest
 from serve_app.speakers import assign_speakers, speakers_in_order
@@ -77,8 +77,10 @@ class TranscriptionPipeline:
         # one which waits for a deployment scaled to zero says so.
         self._running_replicas = running_replicas
 
-    async def run(self, samples: np.ndarray, request: TranscriptionRequest,
-                  progress: Progress | None = None) -> Transcript:
+    async def run(self, samples: np.ndarray, request: TranscriptionRequest, progress: Progress | None = None,
+                  known_speakers: tuple[SpeakerReference, ...] = ()) -> Transcript:
+        """The transcript of `samples`; `known_speakers`, the request's decoded voice references, name the
+        diarized speakers that match them."""
         if request.diarize and self._diarization is None:
             raise BadRequest("speaker diarization is not enabled on this server; send diarize=false",
                              param="diarize")
@@ -86,7 +88,7 @@ class TranscriptionPipeline:
         audio = self._put(samples)
         diarization = self._diarization if request.diarize else None
         speaker_options = SpeakerOptions(num_speakers=request.num_speakers, min_speakers=request.min_speakers,
-                                         max_speakers=request.max_speakers)
+                                         max_speakers=request.max_speakers, references=known_speakers)
         progress = progress or Progress("")
         # Sent now, awaited last: diarization runs while ASR (and alignment) run.
         turns_response = turns_call = None
@@ -138,13 +140,13 @@ class TranscriptionPipeline:
                             temperature=options.temperature, word_timestamps=options.word_timestamps)
         window = asyncio.Semaphore(self._max_chunks_in_flight)
 
-        async def decode(task: ChunkTask) -> DecodedChunk:
+        async def decode(index: int, task: ChunkTask) -> DecodedChunk:
             async with window:
                 decoded: DecodedChunk = await call_model(self._asr.decode_chunk, task)
-            progress.chunk_done()
+            progress.chunk_done(index, decoded.text)
             return decoded
 
-        calls = [asyncio.ensure_future(decode(task)) for task in tasks]
+        calls = [asyncio.ensure_future(decode(index, task)) for index, task in enumerate(tasks)]
         try:
             decoded = await asyncio.gather(*calls)
         except BaseException:

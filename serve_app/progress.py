@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +32,12 @@ class Progress:
     diarized: bool | None = None  # None: no diarization asked for
     started: float = field(default_factory=time.monotonic)
     stage_s: dict[str, float] = field(default_factory=dict)  # wall time of each stage finished
+    # Called with the transcript's text as it grows, in order: each chunk's text (a space before all but
+    # the first) once it and every chunk before it are done. A stream sends these as deltas.
+    on_text: Callable[[str], None] | None = field(default=None, repr=False)
+    _ready: dict[int, str] = field(default_factory=dict, repr=False)
+    _next_text: int = field(default=0, repr=False)
+    _text_sent: bool = field(default=False, repr=False)
 
     @property
     def is_long(self) -> bool:
@@ -42,8 +48,16 @@ class Progress:
         if self.is_long:
             logger.info("request %s: %d speech chunks in %.0f s of audio", self.request_id, chunks, audio_s)
 
-    def chunk_done(self) -> None:
+    def chunk_done(self, index: int | None = None, text: str = "") -> None:
         self.chunks_done += 1
+        if index is not None:
+            self._ready[index] = text.strip()
+            while self._next_text in self._ready:
+                piece = self._ready.pop(self._next_text)
+                self._next_text += 1
+                if piece and self.on_text is not None:
+                    self.on_text(f" {piece}" if self._text_sent else piece)
+                    self._text_sent = True
         total = self.chunks_total or 0
         # A line at each quarter: 4 lines for a long request however long it is.
         if self.is_long and self.chunks_done * 4 // total != (self.chunks_done - 1) * 4 // total:

@@ -14,6 +14,8 @@ Granularity = Literal["word", "segment"]
 
 # Formats whose rendering needs word timings.
 _WORD_FORMATS = {"srt", "vtt", "diarized_json"}
+_STREAM_FORMATS = ("json", "text", "diarized_json")  # OpenAI's; serve_app/streaming.py renders them
+MAX_KNOWN_SPEAKERS = 8  # OpenAI takes 4
 
 
 class TranscriptionRequest(BaseModel):
@@ -41,6 +43,15 @@ class TranscriptionRequest(BaseModel):
     max_line_chars: int | None = Field(None, ge=10, le=200, description="subtitle characters per line (srt/vtt)")
     max_cue_duration_s: float | None = Field(None, ge=0.5, le=60, allow_inf_nan=False,
                                              description="longest subtitle cue, seconds")
+    known_speaker_names: list[str] = Field(
+        default_factory=list, max_length=MAX_KNOWN_SPEAKERS,
+        description="names of known speakers, one per known_speaker_references[] entry; diarized speakers that "
+        "match one are labelled with its name")
+    known_speaker_references: list[str] = Field(
+        default_factory=list, max_length=MAX_KNOWN_SPEAKERS,
+        description="2-10 s of each known speaker alone, as data URLs (data:audio/wav;base64,...)")
+    stream: bool = Field(False, description="answer Server-Sent Events as the text is transcribed (json, text "
+                         "and diarized_json; see serve_app/streaming.py)")
 
     @field_validator("language")
     @classmethod
@@ -65,7 +76,18 @@ class TranscriptionRequest(BaseModel):
         if self.task == "translate" and self.response_format == "diarized_json":
             raise ValueError("diarized_json is for transcriptions; use verbose_json with diarize=true "
                              "for a translation with speakers")
-        if self.response_format == "diarized_json" or self.speaker_hints_given:
+        if len(self.known_speaker_names) != len(self.known_speaker_references):
+            raise ValueError(f"{len(self.known_speaker_names)} known_speaker_names[] but "
+                             f"{len(self.known_speaker_references)} known_speaker_references[]: send one name per "
+                             "reference, in the same order")
+        names = [name.strip() for name in self.known_speaker_names]
+        if any(not name or len(name) > 64 for name in names) or len(set(names)) != len(names):
+            raise ValueError("known_speaker_names[] must be distinct, non-empty and at most 64 characters each")
+        self.known_speaker_names = names
+        if self.stream and self.response_format not in _STREAM_FORMATS:
+            raise ValueError(f"stream=true answers events for response_format json, text or diarized_json, "
+                             f"not {self.response_format}; drop stream or use one of those")
+        if self.response_format == "diarized_json" or self.speaker_hints_given or self.known_speaker_names:
             self.diarize = True
         return self
 

@@ -30,6 +30,7 @@ from core.errors import BadRequest, PayloadTooLarge, UploadTimedOut, ValidationF
 
 _MIB = 1024 * 1024
 MAX_FIELDS = 64
+MAX_FIELD_BYTES = 4 * 1024 * 1024  # a text field: a known speaker's reference clip as a data URL is the largest
 """Text fields a form may carry; the API has fewer than 20."""
 
 
@@ -88,7 +89,8 @@ async def receive_form(request: Request, limits: UploadLimits) -> AsyncIterator[
     """Read the multipart form under `limits`; the temporary file is deleted when the block ends."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise ValidationFailed("send the request as multipart/form-data with the audio in a field named 'file'")
-    parser = MultiPartParser(request.headers, _body(request, limits), max_files=1, max_fields=MAX_FIELDS)
+    parser = MultiPartParser(request.headers, _body(request, limits), max_files=1, max_fields=MAX_FIELDS,
+                             max_part_size=MAX_FIELD_BYTES)
     try:
         form: FormData = await parser.parse()
     except (HTTPException, MultiPartException) as e:  # Starlette's own 400s: no boundary, too many parts...

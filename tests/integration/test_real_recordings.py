@@ -96,3 +96,27 @@ def test_diarized_json_has_the_same_words_and_the_speakers(client, plain):
         hypothesis[Segment(s["start"], s["end"])] = s["speaker"]
     der = DiarizationErrorRate()(reference, hypothesis)
     assert der < DER_BOUND, der
+
+
+@pytest.mark.parametrize("response_format", ["json", "diarized_json"])
+def test_a_stream_of_a_recording_with_pauses_has_the_same_text_through_the_openai_client(
+        base_url, plain, response_format):
+    """stream=true on the real recording, read by the official client: the deltas (one per speech chunk,
+    in order) join into the done event's text, which is json's text exactly; diarized, the segment events
+    carry the recording's speakers."""
+    import openai
+
+    oai = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=600)
+    events = list(oai.audio.transcriptions.create(model="whisper-1", file=("meeting.mp4", upload()), stream=True,
+                                                  response_format=response_format))
+    deltas = [e for e in events if e.type == "transcript.text.delta"]
+    segments = [e for e in events if e.type == "transcript.text.segment"]
+    done = events[-1]
+    assert done.type == "transcript.text.done"
+    assert len(deltas) >= 3, "one delta per speech chunk, not one at the end"
+    assert "".join(d.delta for d in deltas) == done.text == plain["text"]
+    if response_format == "diarized_json":
+        assert len({s.speaker for s in segments}) == len(real_speech.build(FILE).speakers)
+        assert words(" ".join(s.text for s in segments)) == words(plain["text"])
+    else:
+        assert segments == []

@@ -12,6 +12,7 @@ calls, so a short burst may all go to one replica. Both get work once one is ful
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -121,3 +122,57 @@ def test_a_long_requests_progress_is_visible_while_it_runs(served):
     done_counts = [p["chunks_done"] for p in mine]
     assert done_counts == sorted(done_counts), "progress only moves forward"
     assert mine[0]["audio_s"] == LONG_S and min(done_counts) < LONG_S // 30
+
+
+def stream_events(url: str, audio: bytes, **fields: Any) -> tuple[httpx.Response, list[dict[str, Any]]]:
+    with httpx.Client(base_url=url, timeout=WAIT_S) as client:
+        response = client.post("/v1/audio/transcriptions", files={"file": ("a.wav", audio)},
+                               data={"model": "whisper-1", "stream": "true", **fields})
+    events = [json.loads(line.removeprefix("data: ")) for line in response.text.split("\n\n") if line]
+    return response, events
+
+
+def test_a_stream_sends_the_text_chunk_by_chunk_in_order_then_done_with_the_same_text(served):
+    audio = wav(LONG_S)
+    plain = transcribe(served.url, audio, response_format="json").json()
+    response, events = stream_events(served.url, audio)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+    *deltas, done = events
+    assert {e["type"] for e in deltas} == {"transcript.text.delta"} and len(deltas) == LONG_S // 30
+    assert done["type"] == "transcript.text.done"
+    assert "".join(e["delta"] for e in deltas) == done["text"] == plain["text"]
+    assert done["usage"] == plain["usage"]
+
+
+def test_a_diarized_stream_adds_speaker_segments_before_done(served):
+    _, events = stream_events(served.url, wav(60), response_format="diarized_json")
+    types = [e["type"] for e in events]
+    assert types == ["transcript.text.delta"] * 2 + ["transcript.text.segment"] * 2 + ["transcript.text.done"]
+    assert {e["speaker"] for e in events if e["type"] == "transcript.text.segment"} == {"SPEAKER_00"}
+
+
+def test_the_openai_clients_stream_reads_the_events_unchanged(served):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{served.url}/v1", api_key="unused", max_retries=0)
+    stream = client.audio.transcriptions.create(file=("a.wav", wav(90)), model="whisper-1", stream=True)
+    events = list(stream)
+    assert [type(e).__name__ for e in events] == ["TranscriptionTextDeltaEvent"] * 3 + ["TranscriptionTextDoneEvent"]
+    assert "".join(e.delta for e in events[:-1]) == events[-1].text
+
+
+def test_a_client_that_leaves_the_stream_cancels_the_chunks_not_yet_decoded(served):
+    before = len(served.batches())
+    with httpx.Client(base_url=served.url, timeout=WAIT_S) as client, client.stream(
+            "POST", "/v1/audio/transcriptions", files={"file": ("a.wav", wav(LONG_S * 2))},
+            data={"model": "whisper-1", "stream": "true"}) as response:
+        assert response.status_code == 200
+        first = next(response.iter_lines())
+        assert json.loads(first.removeprefix("data: "))["type"] == "transcript.text.delta"
+    # Gone after the first delta. What was decoding then may finish; nothing else starts.
+    time.sleep(3 * DELAY_S)
+    settled = len(served.batches())
+    time.sleep(3 * DELAY_S)
+    assert len(served.batches()) == settled, "chunks went on being decoded after the client left"
+    decoded = sum(len(sizes) for _, sizes in served.batches()[before:])
+    assert decoded < LONG_S * 2 // 30, f"all {decoded} chunks were decoded for a client that left"

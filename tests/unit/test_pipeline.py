@@ -335,8 +335,8 @@ async def test_progress_counts_every_chunk_and_the_stages_asked_for():
     asr = many_chunks_asr([], in_flight=[])
     original = progress.chunk_done
 
-    def counted() -> None:
-        original()
+    def counted(index: int | None = None, text: str = "") -> None:
+        original(index, text)
         seen.append((progress.chunks_total, progress.chunks_done))
 
     progress.chunk_done = counted  # type: ignore[method-assign]

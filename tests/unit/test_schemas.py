@@ -64,3 +64,19 @@ def test_speaker_hints_or_diarized_json_imply_diarize():
 def test_min_greater_than_max_message_names_both():
     with pytest.raises(ValidationError, match=r"min_speakers \(3\) is greater than max_speakers \(2\)"):
         parse(min_speakers=3, max_speakers=2)
+
+
+def test_known_speakers_imply_diarization_and_pair_names_with_references():
+    request = TranscriptionRequest(known_speaker_names=[" agent ", "customer"],
+                                   known_speaker_references=["data:a", "data:b"])
+    assert request.diarize is True and request.known_speaker_names == ["agent", "customer"]
+
+
+@pytest.mark.parametrize(("names", "urls", "says"), [
+    (["agent"], [], "1 known_speaker_names\\[\\] but 0 known_speaker_references\\[\\]"),
+    (["agent", "agent"], ["data:a", "data:b"], "must be distinct"),
+    ([""], ["data:a"], "non-empty"),
+])
+def test_known_speakers_that_do_not_pair_up_are_refused(names, urls, says):
+    with pytest.raises(ValidationError, match=says):
+        TranscriptionRequest(known_speaker_names=names, known_speaker_references=urls)
