@@ -21,8 +21,9 @@ unnamed although its voice was known. A few minutes on 2 cores.
 Measured (2-core machine, CPU; lengths 2 / 5 / 10 s; n = pairs over both files):
     same speaker       0.58-0.86 (n 8) / 0.73-0.88 (n 8) / 0.80-0.83 (n 4)
     different speaker  -0.10-0.37 (n 34) / -0.07-0.36 (n 26) / -0.05-0.33 (n 8)
-    correct at 0.50    xx% / xx% / xx%, no speech wrongly named at any threshold from 0.40 to 0.55.
-Chosen: 0.5 (DiarizationConfig.speaker_match_threshold), TODO
+    no speech wrongly named at any threshold from 0.40 to 0.55.
+Chosen: 0.5 (DiarizationConfig.speaker_match_threshold): inside the gap between the highest different-speaker
+similarity (0.37) and the lowest same-speaker one (0.58) at every length.
 """
 
 from __future__ import annotations
