@@ -15,6 +15,13 @@ import numpy as np
 from core.audio import SAMPLE_RATE_HZ
 from core.transcript import AsrResult, Segment, Word
 
+# Which chunks a busy ASR replica decodes first (lower first; deployments/batching.py). Two levels
+# because there are two kinds of caller: a person waiting on an interactive request, and background
+# work (durable jobs) that nobody watches chunk by chunk. A finer scale would need a rule for who
+# sets which number; these two are what the ingress knows about a request.
+INTERACTIVE = 0
+BACKGROUND = 1
+
 
 @dataclass(frozen=True)
 class SpeechChunk:
@@ -54,6 +61,9 @@ class ChunkTask:
     # compare a chunk's first word with the last speech before it. Taken from the plan, not from the
     # previous chunk's decode, so no chunk waits for another.
     previous_end_s: float = 0.0
+    # INTERACTIVE or BACKGROUND: the order a busy replica takes waiting chunks in. It never changes
+    # what a chunk decodes to, so it is not part of `search_key`.
+    priority: int = INTERACTIVE
 
     @property
     def search_key(self) -> tuple[str, float | None]:
@@ -80,11 +90,12 @@ class DecodedChunk:
 
 def chunk_tasks(plan: AsrPlan, audio: np.ndarray, *, task: Literal["transcribe", "translate"] = "transcribe",
                 prompt: str | None = None, temperature: float | None = None,
-                word_timestamps: bool = False) -> list[ChunkTask]:
-    """The plan's chunks as tasks, in order, each with its own samples cut from `audio`."""
+                word_timestamps: bool = False, priority: int = INTERACTIVE) -> list[ChunkTask]:
+    """The plan's chunks as tasks, in order, each with its own samples cut from `audio` and `priority`
+    (INTERACTIVE or BACKGROUND)."""
     return [ChunkTask(model=plan.model, chunk=chunk, audio=chunk.samples(audio), language=plan.language,
                       task=task, prompt=prompt, temperature=temperature, word_timestamps=word_timestamps,
-                      previous_end_s=plan.chunks[i - 1].end_s if i else 0.0)
+                      previous_end_s=plan.chunks[i - 1].end_s if i else 0.0, priority=priority)
             for i, chunk in enumerate(plan.chunks)]
 
 

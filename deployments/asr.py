@@ -261,7 +261,9 @@ class AsrDeployment(ModelReplica[AsrDeploymentConfig, AsrConfig, AsrHolder]):
                 decoded: list[DecodedChunk] = await self.call(model_id, "decode", list(tasks), work=work)
                 return decoded
 
-            decoder = self._decoders[model_id] = WhileBusy(decode, self.config.batch_size)
+            # Interactive chunks go into the next batch ahead of waiting background ones (core/chunks.py).
+            decoder = self._decoders[model_id] = WhileBusy(decode, self.config.batch_size,
+                                                           priority=lambda item: item[0].priority)
         decoder.max_size, decoder.wait_s = self.config.batch_size, self.config.batch_wait_s  # as configured now
         return decoder
 

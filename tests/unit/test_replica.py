@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from core.audio import SAMPLE_RATE_HZ
+from core.chunks import BACKGROUND, INTERACTIVE, ChunkTask, SpeechChunk
 from core.errors import BadRequest, ModelUnavailable, UnknownModel
 from core.transcript import AsrOptions
 from deployments.alignment import AlignmentDeployment
@@ -19,7 +20,7 @@ from deployments.diarization import DiarizationDeployment
 from deployments.holder import DeviceConfig, ModelHolder
 from deployments.replica import SINGLE_MODEL, ModelReplica
 from tests.replica_calls import transcribe_on
-from tests.serve.fake_app import FakeAlignmentHolder, FakeAsrHolder, FakeDiarizationHolder
+from tests.serve.fake_app import BATCH_LOG_ENV, DELAY_ENV, FakeAlignmentHolder, FakeAsrHolder, FakeDiarizationHolder
 
 MIB = 1024 * 1024
 KEPT: list[np.ndarray] = []  # what the leaky holder "forgets" to release
@@ -324,3 +325,24 @@ async def test_an_update_that_fails_to_load_leaves_the_pool_bounds_as_they_were(
         await replica.reconfigure({"models": {**MODELS, "tiny.en": "missing/tiny.en"}, "max_loaded_models": 1})
     assert replica.config.max_loaded_models == 3
     assert replica.status()["max_loaded_models"] == 3
+
+
+# --- ASR: chunk batches -----------------------------------------------------------------------------
+
+
+async def test_interactive_chunks_decode_ahead_of_background_chunks_already_waiting(make_asr, monkeypatch, tmp_path):
+    batch_log = tmp_path / "batches"
+    monkeypatch.setenv(BATCH_LOG_ENV, str(batch_log))
+    monkeypatch.setenv(DELAY_ENV, "0.2")
+    replica = await make_asr(batch_size=2, batch_wait_s=0)
+
+    def chunks(samples: int, count: int, priority: int) -> list[ChunkTask]:  # told apart by their length
+        return [ChunkTask(model="tiny.en", chunk=SpeechChunk(0.0, samples / SAMPLE_RATE_HZ),
+                          audio=np.zeros(samples, dtype=np.float32), language="en", priority=priority)] * count
+
+    job = [asyncio.ensure_future(replica.decode_chunk(task)) for task in chunks(100, 4, BACKGROUND)]
+    while not batch_log.exists():  # the first batch decodes
+        await asyncio.sleep(0.01)
+    request = [asyncio.ensure_future(replica.decode_chunk(task)) for task in chunks(200, 2, INTERACTIVE)]
+    await asyncio.gather(*job, *request)
+    assert [line.split()[1] for line in batch_log.read_text().splitlines()] == ["100,100", "200,200", "100,100"]
