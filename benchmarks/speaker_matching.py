@@ -171,7 +171,8 @@ def diarize_rest(holder: DiarizationHolder, speech: RealSpeech, length_s: float)
         audio = samples(clip.audio, part)
         if len(audio) >= REFERENCE_MIN_S * SAMPLE_RATE_HZ:
             references.append(SpeakerReference(ABSENT_VOICE, audio))
-    assert all(REFERENCE_MIN_S <= r.audio.size / SAMPLE_RATE_HZ <= REFERENCE_MAX_S for r in references)
+    clips = [r.audio for r in references if r.audio is not None]
+    assert all(REFERENCE_MIN_S <= clip.size / SAMPLE_RATE_HZ <= REFERENCE_MAX_S for clip in clips)
     rest = muted(speech, cut)
 
     def work() -> tuple[list[SpeakerTurn], list[str], np.ndarray, np.ndarray]:
@@ -180,7 +181,7 @@ def diarize_rest(holder: DiarizationHolder, speech: RealSpeech, length_s: float)
         annotation = _annotation(output, exclusive=holder.config.exclusive_turns)
         labels, centroids = _reported_centroids(output, annotation)
         turns = _turns(annotation, speech.duration_s, {label: str(label) for label in labels})
-        return turns, [str(label) for label in labels], centroids, _embed(pipeline._embedding, tuple(references))
+        return turns, [str(label) for label in labels], centroids, _embed(pipeline._embedding, clips)
 
     turns, labels, centroids, embeddings = holder.run(work)
     voices, hyp = frame_voices(speech, cut), frame_labels(turns, int(np.ceil(speech.duration_s / FRAME_S)))

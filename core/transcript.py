@@ -80,11 +80,24 @@ REFERENCE_MAX_S = 10.0
 
 @dataclass(frozen=True, eq=False)
 class SpeakerReference:
-    """A known speaker's voice: `name` and REFERENCE_MIN_S-REFERENCE_MAX_S of that speaker alone, as 16 kHz
-    mono float32 samples. Compared by identity (numpy arrays have no truth value for `==`)."""
+    """A known speaker's voice under `name`, given one of two ways (exactly one of them is set):
+    - `audio`: REFERENCE_MIN_S-REFERENCE_MAX_S of that speaker alone, as 16 kHz mono float32 samples,
+      embedded on every request that sends it;
+    - `embedding`: the speaker as enrolled once, the 1-D vector the diarization deployment's `embed` made,
+      with `embedding_model`, the identity of the model that made it (its answer's "embedding_model"), so
+      that a voice enrolled with another model is refused rather than compared with the wrong one.
+    Compared by identity (numpy arrays have no truth value for `==`)."""
 
     name: str
-    audio: np.ndarray
+    audio: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+    embedding_model: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.audio is None) == (self.embedding is None):
+            raise ValueError(f"the reference of {self.name!r} needs exactly one of audio and embedding")
+        if self.embedding_model is not None and self.embedding is None:
+            raise ValueError(f"the reference of {self.name!r} names an embedding model but has no embedding")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,10 @@ Two sources of a pipeline:
 - a hub id (`pyannote/speaker-diarization-community-1`) or a local directory of a pretrained pipeline,
   loaded by `Pipeline.from_pretrained` with the token from the environment (HF_TOKEN), never the config.
 
+Known speakers name the diarized speakers whose voices match (deployments/speaker_matching.py): given as
+clips on each request, or enrolled once (`embed`: one stored embedding per speaker, with the identity of the
+model that made it) and then given by that embedding.
+
 The pipeline is fed in-memory waveforms, so neither torchcodec nor FFmpeg is needed. torch and
 pyannote (30-40 s to import on the 2-core machine) are imported only where a model is loaded or used,
 so the ingress can import `DiarizationConfig` cheaply.
@@ -18,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +34,8 @@ from core.errors import BadRequest, ModelUnavailable
 from core.transcript import SpeakerOptions, SpeakerReference, SpeakerTurn
 from deployments.holder import DeviceConfig, ModelHolder
 from deployments.replica import SINGLE_MODEL, ModelReplica
+from deployments.speaker_matching import NAMES_PARAM, anonymous_label, check_clip, check_references, match_speakers
 from deployments.speaker_matching import PARAM as REFERENCES_PARAM
-from deployments.speaker_matching import anonymous_label, check_references, match_speakers
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +43,10 @@ logger = logging.getLogger(__name__)
 
 EMBEDDED = "embedded"
 HUB_TOKEN_ENV = "HF_TOKEN"
+# What made an enrolled voice's embedding (DiarizationHolder.embedding_model): the embedded pipeline's CAM++.
+EMBEDDED_EMBEDDING_MODEL = "embedded:campplus"
+# The enrollment call's clips (DiarizationHolder.embed): the field the speakers route reads them from.
+ENROLL_PARAM = "references"
 
 # Clustering of the embedded pipeline, tuned on pyannote's real 30 s call (alone and twice over) and on
 # synthetic 1-4 voice conversations (tests/speech.py). Centroid linkage on unit-normalised CAM++
@@ -169,6 +178,32 @@ class DiarizationHolder(ModelHolder[DiarizationConfig, Any]):
         # and the caller drops the last reference to it.
         pass
 
+    @property
+    def embedding_model(self) -> str:
+        """The identity of the model that embeds voices here, stored with an enrolled voice: the pipeline's
+        hub id or directory, or EMBEDDED_EMBEDDING_MODEL. Hyper-parameters do not change embeddings."""
+        return EMBEDDED_EMBEDDING_MODEL if self.config.model == EMBEDDED else self.config.model
+
+    def embed(self, clips: list[np.ndarray]) -> tuple[np.ndarray, str]:
+        """A speaker's voice enrolled from `clips` (each REFERENCE_MIN_S-REFERENCE_MAX_S of that speaker
+        alone, 16 kHz mono float32): the unit-length mean of the clips' unit-length embeddings, and
+        `embedding_model`. Runs on the owning thread."""
+        pipeline = self._require_model()
+        if not clips:
+            raise BadRequest("no voice clips to enroll the speaker from", param=ENROLL_PARAM)
+        for index, clip in enumerate(clips):
+            check_clip(clip, f"{ENROLL_PARAM}[{index}]", ENROLL_PARAM)
+        embedding = getattr(pipeline, "_embedding", None)
+        if embedding is None:
+            raise _cannot_name(ENROLL_PARAM)
+        # Each clip counts the same, however loud: embeddings are compared by direction only.
+        rows = _unit(_embed(embedding, clips))
+        voice = _unit(rows.mean(axis=0, keepdims=True))[0]
+        if not np.isfinite(voice).all():  # clips with opposite voices, or a model that gave NaN
+            raise BadRequest("the clips give no usable voice embedding; send clips of the speaker talking",
+                             param=ENROLL_PARAM)
+        return voice.astype(np.float32), self.embedding_model
+
     def diarize(self, audio: np.ndarray, options: SpeakerOptions) -> list[SpeakerTurn]:
         """Speaker turns of 16 kHz mono float32 audio, labelled SPEAKER_00, SPEAKER_01... in order of
         first appearance, times in seconds; a speaker whose voice matches one of `options.references`
@@ -178,9 +213,9 @@ class DiarizationHolder(ModelHolder[DiarizationConfig, Any]):
         samples = np.asarray(audio, dtype=np.float32)
         if samples.ndim != 1:
             raise ValueError(f"expected mono audio as a 1-D array, got shape {samples.shape}")
-        check_references(options.references)  # before the expensive part
-        if options.references and getattr(pipeline, "_embedding", None) is None:
-            raise _cannot_name()
+        if options.references:  # before the expensive part
+            check_references(options.references)
+            _check_comparable(pipeline, options.references, self.embedding_model)
         if samples.size == 0:
             return []
         pipeline.embedding_batch_size = self.config.embedding_batch_size
@@ -317,16 +352,42 @@ def _known_speakers(pipeline: Any, output: Any, annotation: Any, references: tup
     speakers, centroids = _reported_centroids(output, annotation)
     if not speakers:
         return {}
-    # SpeakerDiarization's own embedding inference: the model the centroids come from.
-    embeddings = _embed(pipeline._embedding, references)
+    # SpeakerDiarization's own embedding inference: the model the centroids come from. Enrolled voices were
+    # checked to come from it too (_check_comparable).
+    clips = [r.audio for r in references if r.audio is not None]
+    embedded = iter(_embed(pipeline._embedding, clips) if clips else ())
+    embeddings = np.stack([next(embedded) if r.audio is not None else np.asarray(r.embedding, dtype=np.float32)
+                           for r in references])
     matched = match_speakers(speakers, centroids, [r.name for r in references], embeddings, threshold)
     logger.info("named %d of %d speakers after %d known voices", len(matched), len(speakers), len(references))
     return matched
 
 
-def _cannot_name() -> BadRequest:
+def _check_comparable(pipeline: Any, references: tuple[SpeakerReference, ...], embedding_model: str) -> None:
+    """Refuse references this pipeline cannot compare with its speakers: it has no speaker embeddings, or an
+    enrolled voice was embedded by another model (named otherwise, or of another dimension)."""
+    embedding = getattr(pipeline, "_embedding", None)  # SpeakerDiarization's embedding inference
+    if embedding is None:  # said of the field the request used (enrolled speakers come by name alone)
+        raise _cannot_name(REFERENCES_PARAM if any(r.audio is not None for r in references) else NAMES_PARAM)
+    for index, reference in enumerate(references):
+        if reference.embedding is None:
+            continue
+        what = f"{NAMES_PARAM}[{index}] ({reference.name})"
+        if reference.embedding_model is not None and reference.embedding_model != embedding_model:
+            raise _enrolled_elsewhere(what)
+        size = np.asarray(reference.embedding).size
+        if size != embedding.dimension:
+            raise _enrolled_elsewhere(what, f" (its voice has {size} dimensions, this model's {embedding.dimension})")
+
+
+def _enrolled_elsewhere(what: str, detail: str = "") -> BadRequest:
+    return BadRequest(f"{what} was enrolled with a different diarization model than the one running now{detail}; "
+                      "enroll the speaker again", param=NAMES_PARAM)
+
+
+def _cannot_name(param: str = REFERENCES_PARAM) -> BadRequest:
     return BadRequest("the configured diarization model has no speaker embeddings to recognise known speakers by",
-                      param=REFERENCES_PARAM)
+                      param=param)
 
 
 def _reported_centroids(output: Any, annotation: Any) -> tuple[list[Any], np.ndarray]:
@@ -342,17 +403,24 @@ def _reported_centroids(output: Any, annotation: Any) -> tuple[list[Any], np.nda
     return labels, np.stack([centroid_of[label] for label in labels]) if labels else np.zeros((0, dimension))
 
 
-def _embed(embedding: Any, references: tuple[SpeakerReference, ...]) -> np.ndarray:
-    """(num_references, dimension) embeddings of whole reference clips by `embedding` (pyannote's embedding
+def _embed(embedding: Any, clips: Sequence[np.ndarray]) -> np.ndarray:
+    """(num_clips, dimension) embeddings of whole voice clips by `embedding` (pyannote's embedding
     inference), one clip per forward pass since lengths differ."""
     import torch
 
     rows = []
-    for reference in references:
+    for clip in clips:
         # A copy: arrays from Ray's object store are read-only, and torch wants writeable memory.
-        waveform = torch.from_numpy(np.array(reference.audio, dtype=np.float32)).reshape(1, 1, -1)
+        waveform = torch.from_numpy(np.array(clip, dtype=np.float32)).reshape(1, 1, -1)
         rows.append(embedding(waveform)[0])
     return np.stack(rows)
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    """`rows` each scaled to length 1 (float64); NaN where a row is all zeros."""
+    rows = np.asarray(rows, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
 def _turns(annotation: Any, duration_s: float, known: dict[Any, str] | None = None) -> list[SpeakerTurn]:
@@ -386,3 +454,10 @@ class DiarizationDeployment(ModelReplica[DiarizationConfig, DiarizationConfig, D
     async def diarize(self, audio: np.ndarray, options: SpeakerOptions) -> list[SpeakerTurn]:
         with self.track(len(audio) / SAMPLE_RATE_HZ) as work:
             return await self.call(SINGLE_MODEL, "diarize", audio, options, work=[work])
+
+    async def embed(self, clips: list[np.ndarray]) -> dict[str, Any]:
+        """A speaker enrolled from voice clips (DiarizationHolder.embed), as the speaker store keeps it:
+        {"embedding": list[float] of unit length, "embedding_model": str, "dimension": int}."""
+        with self.track(sum(len(clip) for clip in clips) / SAMPLE_RATE_HZ) as work:
+            embedding, embedding_model = await self.call(SINGLE_MODEL, "embed", clips, work=[work])
+        return {"embedding": embedding.tolist(), "embedding_model": embedding_model, "dimension": int(embedding.size)}

@@ -1,5 +1,5 @@
-"""Naming diarized speakers after known voices: checks on the reference clips, and the one-to-one matching
-of speaker embeddings to reference embeddings by cosine similarity.
+"""Naming diarized speakers after known voices: checks on the references (clips, or the embeddings of enrolled
+speakers), and the one-to-one matching of speaker embeddings to reference embeddings by cosine similarity.
 
 Pure numpy and scipy: the diarization holder computes the embeddings (deployments/diarization.py) and
 asks this module which speaker gets which name. The threshold is the holder's config
@@ -19,6 +19,8 @@ from core.errors import BadRequest
 from core.transcript import REFERENCE_MAX_S, REFERENCE_MIN_S, SpeakerReference
 
 PARAM = "known_speaker_references"
+# An enrolled speaker is named in a request by name alone: errors about its stored voice point there.
+NAMES_PARAM = "known_speaker_names"
 # Speakers nobody named are labelled SPEAKER_00, SPEAKER_01...: a known name must not look like one.
 _ANONYMOUS_LABEL = re.compile(r"SPEAKER_\d+")
 
@@ -29,8 +31,9 @@ def anonymous_label(index: int) -> str:
 
 
 def check_references(references: Sequence[SpeakerReference]) -> None:
-    """Refuse (BadRequest) references that are not 1-D, not REFERENCE_MIN_S-REFERENCE_MAX_S long at 16 kHz,
-    unnamed, named like an anonymous speaker (SPEAKER_00), or that share a name."""
+    """Refuse (BadRequest) references that are unnamed, named like an anonymous speaker (SPEAKER_00) or that
+    share a name; whose audio is not a clip `check_clip` accepts; or whose enrolled embedding is not a 1-D,
+    finite, non-zero vector. References are in the order of the request's known_speaker_names."""
     seen: set[str] = set()
     for index, reference in enumerate(references):
         name = reference.name
@@ -43,13 +46,29 @@ def check_references(references: Sequence[SpeakerReference]) -> None:
             raise BadRequest(f"{PARAM}[{index}]: the name {name!r} is given twice; one reference per speaker",
                              param=PARAM)
         seen.add(name)
-        audio = np.asarray(reference.audio)
-        if audio.ndim != 1:
-            raise BadRequest(f"{PARAM}[{index}] ({name}) is not mono 1-D audio (shape {audio.shape})", param=PARAM)
-        duration_s = audio.size / SAMPLE_RATE_HZ
-        if not REFERENCE_MIN_S <= duration_s <= REFERENCE_MAX_S:
-            raise BadRequest(f"{PARAM}[{index}] ({name}) is {duration_s:.2f} s long: each reference must be "
-                             f"{REFERENCE_MIN_S:g}-{REFERENCE_MAX_S:g} s of that speaker alone", param=PARAM)
+        if reference.audio is not None:
+            check_clip(reference.audio, f"{PARAM}[{index}] ({name})", PARAM)
+        else:
+            _check_embedding(reference.embedding, f"{NAMES_PARAM}[{index}] ({name})")
+
+
+def check_clip(audio: np.ndarray, what: str, param: str) -> None:
+    """Refuse (BadRequest on `param`, the message starting with `what`) a voice clip that is not 1-D or not
+    REFERENCE_MIN_S-REFERENCE_MAX_S long at 16 kHz."""
+    audio = np.asarray(audio)
+    if audio.ndim != 1:
+        raise BadRequest(f"{what} is not mono 1-D audio (shape {audio.shape})", param=param)
+    duration_s = audio.size / SAMPLE_RATE_HZ
+    if not REFERENCE_MIN_S <= duration_s <= REFERENCE_MAX_S:
+        raise BadRequest(f"{what} is {duration_s:.2f} s long: each reference must be "
+                         f"{REFERENCE_MIN_S:g}-{REFERENCE_MAX_S:g} s of that speaker alone", param=param)
+
+
+def _check_embedding(embedding: np.ndarray | None, what: str) -> None:
+    vector = np.asarray(embedding, dtype=np.float64)
+    if vector.ndim != 1 or vector.size == 0 or not np.isfinite(vector).all() or not vector.any():
+        raise BadRequest(f"{what}: the enrolled voice is not a usable embedding (a 1-D vector of finite numbers, "
+                         "not all zero); enroll the speaker again", param=NAMES_PARAM)
 
 
 def cosine_similarities(speakers: np.ndarray, references: np.ndarray) -> np.ndarray:

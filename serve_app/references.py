@@ -16,7 +16,6 @@ from core.errors import BadRequest, ServiceError
 from core.transcript import REFERENCE_MAX_S, REFERENCE_MIN_S, SpeakerReference
 from serve_app import media
 
-MIN_S, MAX_S = REFERENCE_MIN_S, REFERENCE_MAX_S
 PARAM = "known_speaker_references"
 _DATA_URL = re.compile(r"data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?P<params>(;[^;,]*)*?);base64,(?P<payload>.*)", re.DOTALL)
 
@@ -39,12 +38,12 @@ async def decode(names: list[str], urls: list[str], *, timeout_s: float,
     for index, (name, url) in enumerate(zip(names, urls, strict=True)):
         data = _payload(index, name, url)
         try:
-            decoded = await media.decode_audio(data, max_duration_s=MAX_S + 1, timeout_s=timeout_s,
+            decoded = await media.decode_audio(data, max_duration_s=REFERENCE_MAX_S + 1, timeout_s=timeout_s,
                                                memory_limit_mib=memory_limit_mib)
         except ServiceError as e:
             raise BadRequest(f"{PARAM}[{index}] ({name}): {e.message}", param=PARAM) from None
-        if not MIN_S <= decoded.duration_s <= MAX_S:
+        if not REFERENCE_MIN_S <= decoded.duration_s <= REFERENCE_MAX_S:
             raise BadRequest(f"{PARAM}[{index}] ({name}) is {decoded.duration_s:.1f} s long: each reference must "
-                             f"be {MIN_S:g}-{MAX_S:g} s of that speaker alone", param=PARAM)
+                             f"be {REFERENCE_MIN_S:g}-{REFERENCE_MAX_S:g} s of that speaker alone", param=PARAM)
         references.append(SpeakerReference(name=name, audio=decoded.samples))
     return tuple(references)

