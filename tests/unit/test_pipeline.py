@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from ray.exceptions import ActorDiedError, ActorUnavailableError
 
-from core.chunks import AsrPlan, DecodedChunk, SpeechChunk
+from core.chunks import BACKGROUND, INTERACTIVE, AsrPlan, DecodedChunk, SpeechChunk
 from core.errors import BadRequest, ModelUnavailable
-from core.transcript import Segment, SpeakerTurn, Word
-from serve_app.pipeline import TranscriptionPipeline
+from core.transcript import AsrResult, Segment, SpeakerTurn, Word
+from serve_app.pipeline import Stages, TranscriptionPipeline
+from serve_app.progress import Progress
 from serve_app.schemas import TranscriptionRequest
 from tests.unit.fakes import FakeHandle, failing_first
 
@@ -219,7 +222,8 @@ def lose_replica(method: str, times: int, error=ActorDiedError):
     def align(audio, segments, language):
         return list(ALIGNED)
 
-    fns = {"plan": plan_fn, "decode_chunk": decode_fn, "align": align, "diarize": lambda audio, options: TURNS}
+    fns: dict[str, Any] = {"plan": plan_fn, "decode_chunk": decode_fn, "align": align,
+                           "diarize": lambda audio, options: TURNS}
     fns[method] = failing_first(times, error, fns[method])
     asr = asr_handle(log, plan=fns["plan"], decode_chunk=fns["decode_chunk"])
     alignment = FakeHandle(log, align=fns["align"])
@@ -400,3 +404,100 @@ async def test_a_diarized_request_to_a_deployment_scaled_to_zero_says_it_waits(c
     assert bool(said) is says, said
     if says:
         assert said[0].startswith("request r-1: ")
+
+
+# --- a job's stages: resumed and kept ---------------------------------------------------------------
+
+KEPT_ASR = AsrResult(language="fr", duration_s=9.5, word_source="whisper", segments=(
+    Segment("bonjour", 5.0, 6.0, words=(Word("bonjour", 5.0, 6.0),)),
+    Segment("au revoir", 7.0, 8.0, words=(Word("au", 7.0, 7.3), Word("revoir", 7.4, 8.0))),
+))
+KEPT_TURNS = [SpeakerTurn("SPEAKER_07", 4.5, 6.5), SpeakerTurn("SPEAKER_03", 6.5, 8.5)]
+
+
+def keeper() -> tuple[Stages, dict[str, Any]]:
+    """Stages with nothing kept yet, and what their `keep` was handed, by stage."""
+    kept: dict[str, Any] = {}
+
+    async def keep(stage: str, output: Any) -> None:
+        assert stage not in kept, f"{stage} kept twice"
+        kept[stage] = output
+
+    return Stages(keep=keep), kept
+
+
+async def test_a_kept_asr_result_is_used_without_planning_or_decoding():
+    pipeline, asr, _, diar, _ = make()
+    stages, kept = keeper()
+    stages.asr = KEPT_ASR
+    transcript = await pipeline.run(AUDIO, request(diarize=True), stages=stages)
+    assert asr.calls == [], "no plan, no chunk"
+    assert transcript.text == "bonjour au revoir"
+    assert (transcript.language, transcript.duration_s) == ("fr", 9.5)
+    assert len(diar.calls) == 1 and set(kept) == {"turns"}, "only the stage that ran is kept"
+
+
+async def test_a_kept_asr_result_is_still_aligned_when_words_are_asked_for():
+    pipeline, asr, alignment, _, _ = make({"fr": "some/model"})
+    transcript = await pipeline.run(AUDIO, request(response_format="srt"), stages=Stages(asr=KEPT_ASR))
+    assert asr.calls == []
+    assert alignment.calls[0][1][1:] == (list(KEPT_ASR.segments), "fr"), "aligned from the kept segments"
+    assert transcript.word_source == "alignment"
+
+
+async def test_kept_turns_name_the_speakers_without_diarizing():
+    pipeline, asr, _, diar, _ = make()
+    progress = Progress("job")
+    transcript = await pipeline.run(AUDIO, request(diarize=True), progress,
+                                    stages=Stages(asr=KEPT_ASR, turns=KEPT_TURNS))
+    assert diar.calls == [] and asr.calls == []
+    assert [s.speaker for s in transcript.segments] == ["SPEAKER_07", "SPEAKER_03"]
+    assert transcript.speakers == ["SPEAKER_07", "SPEAKER_03"]
+    assert progress.diarized is True
+
+
+async def test_kept_turns_with_asr_still_to_run():
+    pipeline, asr, _, diar, _ = make()
+    transcript = await pipeline.run(AUDIO, request(diarize=True),
+                                    stages=Stages(turns=[SpeakerTurn("SPEAKER_05", 0.0, 4.0)]))
+    assert diar.calls == [] and len(decoded_tasks(asr)) == len(CHUNKS)
+    assert transcript.speakers == ["SPEAKER_05"]
+
+
+async def test_each_stage_that_runs_is_kept_with_its_output():
+    pipeline, *_ = make()
+    stages, kept = keeper()
+    transcript = await pipeline.run(AUDIO, request(diarize=True), stages=stages)
+    assert set(kept) == {"asr", "turns"}
+    assert kept["turns"] == TURNS
+    asr_result = kept["asr"]
+    assert isinstance(asr_result, AsrResult)
+    assert (asr_result.language, asr_result.duration_s) == ("en", 4.0)
+    assert [s.text for s in asr_result.segments] == [s.text for s in SEGMENTS]
+    assert transcript.text == "hello there general kenobi"
+
+
+async def test_a_failed_asr_keeps_nothing_of_it():
+    def failing(audio, options):
+        raise ModelUnavailable("asr down")
+
+    asr = asr_handle([], plan=failing)
+    pipeline = TranscriptionPipeline(asr, None, None, put=lambda s: s)
+    stages, kept = keeper()
+    with pytest.raises(ModelUnavailable):
+        await pipeline.run(AUDIO, request(), stages=stages)
+    assert kept == {}
+
+
+@pytest.mark.parametrize("priority", [INTERACTIVE, BACKGROUND])
+async def test_the_priority_goes_on_every_chunk(priority):
+    asr = many_chunks_asr([], in_flight=[])
+    pipeline = TranscriptionPipeline(asr, None, None, put=lambda s: s)
+    await pipeline.run(np.zeros(16_000 * 12, np.float32), request(), priority=priority)
+    assert [t.priority for t in decoded_tasks(asr)] == [priority] * len(MANY)
+
+
+async def test_chunks_are_interactive_unless_asked_otherwise():
+    pipeline, asr, *_ = make()
+    await pipeline.run(AUDIO, request())
+    assert {t.priority for t in decoded_tasks(asr)} == {INTERACTIVE}
