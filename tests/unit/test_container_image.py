@@ -259,6 +259,13 @@ def _absolute_dirs(node: Any, where: str = "") -> list[tuple[str, str]]:
     return []
 
 
+def _model_dirs() -> list[tuple[str, str]]:
+    """The absolute `*_dir` settings of serve_config.yaml's deployments (the models'); args.jobs.data_dir is the
+    job volume's mount, not the image's (tests/unit/test_k8s_manifest.py checks it)."""
+    return [(where, path) for app in yaml.safe_load(SERVE_CONFIG.read_text())["applications"]
+            for where, path in _absolute_dirs(app.get("deployments", []), f".{app['name']}.deployments")]
+
+
 def test_model_caches_are_on_the_volume_the_gpu_pods_mount(rayservice):
     """HF_HOME and every model directory of serve_config.yaml (Whisper's download_dir, the alignment and
     diarization model_cache_dir) are under the image's VOLUME, which is where the GPU pods mount the model
@@ -267,7 +274,7 @@ def test_model_caches_are_on_the_volume_the_gpu_pods_mount(rayservice):
     assert volumes == ["/models"], volumes
     (volume,) = volumes
     hf_home = _env(GPU)["HF_HOME"]
-    dirs = [("HF_HOME", hf_home), *_absolute_dirs(yaml.safe_load(SERVE_CONFIG.read_text()))]
+    dirs = [("HF_HOME", hf_home), *_model_dirs()]
     assert len(dirs) >= 4, dirs  # HF_HOME, Whisper's download_dir, alignment and diarization caches
     for name, path in dirs:
         assert PurePosixPath(volume) in PurePosixPath(path).parents, f"{name}={path} is not under {volume}"
@@ -287,7 +294,7 @@ def test_mkdir_creates_the_model_directories_for_the_user():
     """The volume's directories exist in the image, owned by the image's user (a fresh volume starts as a
     copy of them under Docker; on Kubernetes fsGroup makes the claim writable)."""
     volume = "/models"
-    expected = {str(PurePosixPath(p)) for _, p in _absolute_dirs(yaml.safe_load(SERVE_CONFIG.read_text()))}
+    expected = {str(PurePosixPath(p)) for _, p in _model_dirs()}
     expected.add(_env(GPU)["HF_HOME"])
     runs = " && ".join(_runs(GPU))
     created = set(re.findall(rf"{volume}/[\w./-]+", runs.split("mkdir", 1)[1].split("&&")[0]))

@@ -26,12 +26,18 @@ from jsonschema import Draft7Validator
 REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "k8s" / "rayservice.yaml"
 SECRET_EXAMPLE = REPO / "k8s" / "secret.example.yaml"
+REDIS = REPO / "k8s" / "redis.yaml"
+JOBS_PVC_EXAMPLE = REPO / "k8s" / "jobs-pvc.example.yaml"
 SERVE_CONFIG = REPO / "serve_config.yaml"
 CRD = REPO / "k8s" / "schemas" / "ray.io_rayservices.yaml"
 
 SECRET_NAME = "transcription-secrets"
 # env var -> (key in the Secret, may the key be missing)
-SECRET_ENV = {"HF_TOKEN": ("hf-token", False), "TRANSCRIPTION_API_KEY": ("api-key", True)}
+SECRET_ENV = {"HF_TOKEN": ("hf-token", False), "TRANSCRIPTION_API_KEY": ("api-key", True),
+              # Durable jobs: the shared job store's URL holds the Redis password; callbacks may go unsigned.
+              "TRANSCRIPTION_JOB_STORE_URL": ("job-store-url", False),
+              "TRANSCRIPTION_CALLBACK_SECRET": ("callback-secret", True)}
+JOBS_CLAIM = "transcription-jobs"
 TELEMETRY_OFF = {
     "PYANNOTE_METRICS_ENABLED": "0", "HF_HUB_DISABLE_TELEMETRY": "1", "RAY_USAGE_STATS_ENABLED": "0"}
 DASHBOARD_PORT = 8265
@@ -276,7 +282,7 @@ def test_no_secret_in_serve_config_v2(serve_config_v2):
 
 
 def test_no_token_anywhere_in_the_k8s_files():
-    for path in (MANIFEST, SECRET_EXAMPLE):
+    for path in (MANIFEST, SECRET_EXAMPLE, REDIS, JOBS_PVC_EXAMPLE):
         text = path.read_text()
         assert not any(p.search(text) for p in _TOKEN_PATTERNS), path.name
 
@@ -286,10 +292,13 @@ def test_secret_example_holds_placeholders_for_every_referenced_key(rayservice):
     assert (secret["kind"], secret["metadata"]["name"]) == ("Secret", SECRET_NAME)
     values = {**secret.get("stringData", {}), **secret.get("data", {})}
     assert values and all("REPLACE_ME" in v for v in values.values()), "placeholders only"
-    referenced = {var["valueFrom"]["secretKeyRef"]["key"]
-                  for _, c in _containers(rayservice) for var in c.get("env", [])
-                  if "secretKeyRef" in var.get("valueFrom", {})}
-    assert referenced == set(values)
+    redis_pods = [d["spec"]["template"]["spec"] for d in yaml.safe_load_all(REDIS.read_text())
+                  if d and d["kind"] == "StatefulSet"]
+    containers = [c for _, c in _containers(rayservice)] + [c for pod in redis_pods for c in pod["containers"]]
+    refs = [var["valueFrom"]["secretKeyRef"] for c in containers for var in c.get("env", [])
+            if "secretKeyRef" in var.get("valueFrom", {})]
+    assert {ref["name"] for ref in refs} == {SECRET_NAME}, "one Secret for the service and its job store"
+    assert {ref["key"] for ref in refs} == set(values)
 
 
 # --- telemetry ----------------------------------------------------------------------------------------
@@ -375,6 +384,70 @@ def test_model_directories_are_on_the_model_volume(rayservice, serve_config_v2):
         assert claims.get(mounts.get("/models")) == "transcription-models"
         for path in paths:
             assert any(path == m or path.startswith(m.rstrip("/") + "/") for m in mounts), path
+
+
+def _cpus(quantity: Any) -> float:
+    """A Kubernetes CPU quantity ("12", "500m", 2) in cores."""
+    text = str(quantity)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def _ingress_hosts(rayservice: dict[str, Any], serve_config_v2: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The pods a TranscriptionIngress replica fits on: Ray gives a pod the CPUs of rayStartParams num-cpus,
+    else of its Ray container's limit."""
+    (app,) = serve_config_v2["applications"]
+    (ingress,) = [d for d in app["deployments"] if d["name"] == "TranscriptionIngress"]
+    needed = float(ingress["ray_actor_options"]["num_cpus"])
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    groups = [("head", cluster["headGroupSpec"])] + [(g["groupName"], g) for g in cluster["workerGroupSpecs"]]
+    hosts = []
+    for name, group in groups:
+        pod = group["template"]["spec"]
+        cpus = group.get("rayStartParams", {}).get("num-cpus", pod["containers"][0]["resources"]["limits"]["cpu"])
+        if _cpus(cpus) >= needed:
+            hosts.append((name, pod))
+    return hosts
+
+
+def test_job_args_are_serve_config_yamls_and_hold_no_store_url(serve_config_v2):
+    """The cluster's job settings: the data dir on the mounted volume, and no store_url in the config (its
+    password would show in Ray's dashboard): TRANSCRIPTION_JOB_STORE_URL from the Secret names the store."""
+    from serve_app.settings import AppArgs
+
+    (expected,) = yaml.safe_load(SERVE_CONFIG.read_text())["applications"]
+    (app,) = serve_config_v2["applications"]
+    jobs = app["args"]["jobs"]
+    assert jobs == expected["args"]["jobs"]
+    assert "store_url" not in jobs
+    assert AppArgs.model_validate(app["args"]).jobs.data_dir == jobs["data_dir"] == "/var/lib/transcription"
+
+
+def test_every_pod_that_can_run_the_ingress_mounts_the_job_volume(rayservice, serve_config_v2):
+    """Any ingress replica may run a job whose upload another one accepted: each pod it fits on mounts the
+    job claim at args.jobs.data_dir and reads the job store's URL and the callback key from the Secret."""
+    (app,) = serve_config_v2["applications"]
+    data_dir = app["args"]["jobs"]["data_dir"]
+    hosts = _ingress_hosts(rayservice, serve_config_v2)
+    assert {name for name, _ in hosts} == {"gpu", "cpu"}, "the head (num-cpus 0) runs no replica"
+    for name, pod in hosts:
+        claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+                  for v in pod.get("volumes", []) if "persistentVolumeClaim" in v}
+        container = pod["containers"][0]
+        mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+        assert data_dir in mounts, f"{name}: nothing mounted at {data_dir}"
+        assert claims.get(mounts[data_dir]["name"]) == JOBS_CLAIM, f"{name}: {data_dir} is not the job claim"
+        assert not mounts[data_dir].get("readOnly") and not mounts[data_dir].get("subPath"), name
+        env = {var["name"]: var.get("valueFrom", {}).get("secretKeyRef") for var in container.get("env", [])}
+        for var in ("TRANSCRIPTION_JOB_STORE_URL", "TRANSCRIPTION_CALLBACK_SECRET"):
+            assert env.get(var) and env[var]["name"] == SECRET_NAME, f"{name}: {var} not from the Secret"
+
+
+def test_ingress_hosts_follow_the_pods_cpus(rayservice, serve_config_v2):
+    """The check above is not vacuous: a head that offered CPUs would be a pod that has to mount the volume."""
+    head_with_cpus = copy.deepcopy(rayservice)
+    head_with_cpus["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParams"]["num-cpus"] = "2"
+    assert "head" in {name for name, _ in _ingress_hosts(head_with_cpus, serve_config_v2)}
+    assert _cpus("500m") == 0.5 and _cpus(12) == 12
 
 
 def test_worker_pods_outlast_the_slowest_graceful_shutdown(rayservice, serve_config_v2):

@@ -166,6 +166,29 @@ def test_no_secret_in_runtime_env(path):
         assert env_vars.get("HF_HUB_DISABLE_TELEMETRY") == "1"
 
 
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_job_chunks_leave_the_asr_replicas_room_for_interactive_chunks(path):
+    """A job's chunks in flight are at most half of what the ASR deployment takes beside a batch decoding, so
+    chunks of interactive requests always find a slot; and no store URL in the file (one with a password would
+    show in Ray's dashboard; it comes from TRANSCRIPTION_JOB_STORE_URL)."""
+    from serve_app.settings import AppArgs
+
+    config = load(path)
+    (app,) = config["applications"]
+    jobs = AppArgs.model_validate(app["args"]).jobs
+    asr = deployments(config)["AsrDeployment"]
+    spare = asr["max_ongoing_requests"] - asr["user_config"]["batch_size"]
+    assert 1 <= jobs.max_chunks_in_flight <= spare / 2, (jobs.max_chunks_in_flight, spare)
+    assert jobs.store_url is None
+
+
+def test_cpu_profile_keeps_jobs_in_the_default_data_dir():
+    """The embedded default names no data dir: jobs go to $TRANSCRIPTION_DATA_DIR or the user's data folder."""
+    (app,) = load(CPU)["applications"]
+    assert "data_dir" not in app["args"]["jobs"]
+    assert app["args"]["jobs"]["max_upload_mib"] == 1024
+
+
 # --- the CPU profile ----------------------------------------------------------------------------------
 
 
