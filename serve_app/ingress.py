@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import ExitStack
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -35,13 +36,18 @@ from core.errors import (
 )
 from core.transcript import SpeakerReference, Transcript
 from deployments.replica import route_logs_to_serve
-from serve_app import formats, media, references, streaming, uploads
+from serve_app import enrollment, formats, media, references, streaming, uploads
 from serve_app.admission import Admission
+from serve_app.jobs import JobStore, UnknownJob, callbacks, open_job_store, records, views
+from serve_app.jobs.runner import JobRunner
+from serve_app.jobs.spool import Spool
+from serve_app.jobs.store import InvalidCursor, Job
+from serve_app.jobs.work import DecodeLimits, JobWork
 from serve_app.metrics import IngressMetrics, safely
 from serve_app.pipeline import TranscriptionPipeline, unwrap_remote_error
 from serve_app.progress import Progress, ProgressBoard
 from serve_app.schemas import TranscriptionRequest
-from serve_app.settings import AppArgs, ServiceSettings
+from serve_app.settings import AppArgs, JobsConfig, ServiceSettings
 
 logger = logging.getLogger(__name__)  # under serve_app: routed into Serve's replica log
 
@@ -178,6 +184,29 @@ def _is_shed(answer: Response) -> bool:
     return answer.status_code == 503 and b'"code":"overloaded"' in bytes(answer.body)
 
 
+def _job_not_found(job_id: str) -> JSONResponse:
+    body = error_body(f"no job {job_id!r} (never submitted, or expired); GET /v1/jobs lists them",
+                      "invalid_request_error", "job_id", "job_not_found")
+    return JSONResponse(body, status_code=404)
+
+
+def _job_fields(parsed: TranscriptionRequest) -> dict[str, Any]:
+    """What a job keeps of its request: every field but the reference clips (spooled beside the upload)."""
+    return parsed.model_dump(mode="json", exclude={"known_speaker_references", "stream"})
+
+
+def _data_dir(settings: ServiceSettings, config: JobsConfig) -> Path:
+    return Path(config.data_dir or settings.data_dir).expanduser().resolve()
+
+
+def _job_store_url(settings: ServiceSettings, config: JobsConfig) -> str:
+    if settings.job_store_url is not None:  # from a Secret: it may hold a password
+        return settings.job_store_url.get_secret_value()
+    if config.store_url:
+        return config.store_url
+    return f"sqlite://{_data_dir(settings, config) / 'jobs.sqlite3'}"
+
+
 def _model_card(model_id: str, **details: Any) -> dict[str, Any]:
     """OpenAI's model object, with our details (loaded, default, source, alias_of) as extra keys."""
     return {"id": model_id, "object": "model", "created": 0, "owned_by": "transcription-service", **details}
@@ -205,6 +234,82 @@ class TranscriptionIngress:
             max_bytes=int(limits.max_upload_mib * _MIB), idle_timeout_s=limits.upload_idle_timeout_s,
             min_rate_bytes_s=limits.min_upload_kib_s * 1024, grace_s=limits.upload_grace_s)
         self._admission = Admission(limits.max_queue_wait_s, limits.initial_speed)
+        self._job_store: JobStore | None = None
+        self._background: list[asyncio.Task[None]] = []
+        if self._args.jobs.enabled:
+            self._start_jobs(self._args.jobs)
+
+    def _start_jobs(self, config: JobsConfig) -> None:
+        """Open the job store and the spool, and start this replica's job runner, callback sender and
+        expiry loop (Serve runs the constructor on the replica's event loop)."""
+        import ray
+
+        self._job_store = open_job_store(_job_store_url(self._settings, config), retention_s=config.retention_s,
+                                         max_attempts=config.max_attempts)
+        self._spool = Spool(_data_dir(self._settings, config) / "spool")
+        self._job_upload_limits = replace(self._upload_limits, max_bytes=int(config.max_upload_mib * _MIB))
+        limits = self._args.ingress
+        # Its own pipeline: a job keeps fewer chunks in flight than a request, so that it never fills the
+        # ASR replicas' queues (its chunks also go at BACKGROUND priority, see serve_app/jobs/work.py).
+        pipeline = TranscriptionPipeline(self._asr, self._alignment, self._diarization, put=ray.put,
+                                         model_aliases=frozenset(limits.model_aliases),
+                                         max_chunks_in_flight=config.max_chunks_in_flight,
+                                         running_replicas=_running_replicas)
+        decode = DecodeLimits(config.max_audio_duration_s, config.decode_timeout_s, config.decode_memory_limit_mib)
+        work = JobWork(pipeline, self._job_store, self._spool, decode, speed=lambda: self._admission.speed)
+        context = serve.get_replica_context()
+        self._runner = JobRunner(self._job_store, work, self._job_failure,
+                                 worker=f"{context.replica_tag}-{uuid.uuid4().hex[:8]}", lease_s=config.lease_s,
+                                 max_running=config.max_running)
+        secret = self._settings.callback_secret
+        self._callback_policy = callbacks.CallbackPolicy(allow=tuple(config.callback_allow),
+                                                         allow_http=config.callback_allow_http)
+        key = None if secret is None else secret.get_secret_value().encode()
+        sender = callbacks.CallbackSender(self._job_store, key, self._callback_policy)
+        self._stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self._background = [loop.create_task(self._runner.run(), name="job runner"),
+                            loop.create_task(sender.run(stop=self._stopping), name="job callbacks"),
+                            loop.create_task(self._expire_jobs(), name="job expiry")]
+
+    async def _expire_jobs(self, interval_s: float = 60.0) -> None:
+        """Delete ended jobs past their retention, with their spooled files: the store does not grow."""
+        assert self._job_store is not None
+        while not self._stopping.is_set():
+            try:
+                inputs = await asyncio.to_thread(self._job_store.expire)
+                for input in inputs:
+                    await asyncio.to_thread(self._spool.remove, input)
+                if inputs:
+                    logger.info("%d ended jobs expired and were deleted", len(inputs))
+            except Exception:
+                logger.exception("could not expire jobs")
+            try:
+                await asyncio.wait_for(self._stopping.wait(), interval_s)
+            except TimeoutError:
+                pass
+
+    def _job_failure(self, error: BaseException, job: Job) -> tuple[bool, dict[str, Any]]:
+        """A job's error as the synchronous routes would answer it; a 503 (a model deployment unavailable or
+        at capacity) is worth another attempt, anything else fails the job."""
+        answer = error_response(error, job.id)
+        return answer.status_code == 503, json.loads(bytes(answer.body))["error"]
+
+    async def __del__(self) -> None:
+        """Serve's graceful shutdown: stop claiming, hand running jobs back, close the store."""
+        if self._job_store is None:
+            return
+        self._stopping.set()
+        await self._runner.stop()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        self._job_store.close()
+
+    def _store(self) -> JobStore:
+        if self._job_store is None:
+            raise BadRequest("jobs are not enabled on this server (args.jobs.enabled)")
+        return self._job_store
 
     # --- helpers --------------------------------------------------------------------------------
 
@@ -247,9 +352,7 @@ class TranscriptionIngress:
                     ticket.uploaded()
                     parsed = _parse_fields(form.fields, task)
                     decoding = time.perf_counter()
-                    known = await references.decode(parsed.known_speaker_names, parsed.known_speaker_references,
-                                                    timeout_s=limits.decode_timeout_s,
-                                                    memory_limit_mib=limits.decode_memory_limit_mib)
+                    known = await self._known_speakers(parsed)
                     decoded = await media.decode_audio(form.file, max_duration_s=limits.max_audio_duration_s,
                                                        timeout_s=limits.decode_timeout_s,
                                                        memory_limit_mib=limits.decode_memory_limit_mib)
@@ -282,6 +385,110 @@ class TranscriptionIngress:
         if isinstance(content, dict):
             return JSONResponse(content, headers=headers)
         return PlainTextResponse(content, media_type=media_type, headers=headers)
+
+    async def _known_speakers(self, parsed: TranscriptionRequest) -> tuple[SpeakerReference, ...]:
+        """The request's known speakers: its reference clips decoded, or the enrolled speakers it names."""
+        if parsed.known_speaker_names and not parsed.known_speaker_references:
+            return await enrollment.enrolled(self._store(), parsed.known_speaker_names)
+        limits = self._args.ingress
+        return await references.decode(parsed.known_speaker_names, parsed.known_speaker_references,
+                                       timeout_s=limits.decode_timeout_s,
+                                       memory_limit_mib=limits.decode_memory_limit_mib)
+
+    async def _submit_job(self, request: Request, task: str) -> Response:
+        """Accept a job: the upload spooled to disk and the job in the store before the 202 is sent."""
+        request_id = _request_id(request)
+        try:
+            self._authorize(request)
+            store = self._store()
+            async with uploads.receive_form(request, self._job_upload_limits) as form:
+                fields = [(k, v) for k, v in form.fields if k != "callback_url"]
+                callback_urls = [v for k, v in form.fields if k == "callback_url"]
+                if len(callback_urls) > 1 or (callback_urls and not callback_urls[0]):
+                    raise BadRequest("send callback_url once, as an https URL", param="callback_url")
+                callback_url = callback_urls[0] if callback_urls else None
+                parsed = _parse_fields(fields, task)
+                if parsed.stream:
+                    raise BadRequest("a job is not streamed: follow it at GET /v1/jobs/{id}/events", param="stream")
+                if callback_url is not None:
+                    await callbacks.check_url_async(callback_url, self._callback_policy)
+                await self._known_speakers(parsed)  # refused now (a bad clip, a name not enrolled), not later
+                if form.size == 0:
+                    raise BadRequest("the file is empty: send the audio or video in the 'file' field", param="file")
+                input = await asyncio.to_thread(self._spool.accept, form.file, parsed.known_speaker_references)
+            try:
+                job = await asyncio.to_thread(store.create, parsed.task, _job_fields(parsed), input, callback_url)
+            except BaseException:
+                await asyncio.to_thread(self._spool.remove, input)
+                raise
+        except Exception as e:  # noqa: BLE001 - every failure is answered through error_response
+            return error_response(e, request_id)
+        self._runner.wake()
+        logger.info("request %s: accepted as %s (%.1f MiB)", request_id, job.id, form.size / _MIB)
+        return JSONResponse(views.job_card(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+    async def _job(self, request: Request, job_id: str) -> Job:
+        self._authorize(request)
+        job = await asyncio.to_thread(self._store().get, job_id)
+        if job is None:
+            raise UnknownJob(job_id)
+        return job
+
+    async def _job_answer(self, request: Request, job_id: str, answer: Any) -> Response:
+        """`answer(job)` for the job, or the error; every job route answers through here."""
+        try:
+            return await answer(await self._job(request, job_id))
+        except UnknownJob:
+            return _job_not_found(job_id)
+        except Exception as e:  # noqa: BLE001
+            return error_response(e, _request_id(request))
+
+    async def _job_result(self, request: Request, job: Job) -> Response:
+        if job.state != "succeeded":
+            message = (f"job {job.id} failed: {job.error['message']}" if job.state == "failed" and job.error
+                       else f"job {job.id} is {job.state}; its result is there once its status is succeeded")
+            body = error_body(message, "invalid_request_error", "job_id", "job_not_succeeded")
+            return JSONResponse(body, status_code=409)
+        query = request.query_params
+        response_format = query.get("response_format") or job.fields.get("response_format", "json")
+        if response_format not in formats.RESPONSE_FORMATS:
+            raise BadRequest(f"unknown response_format {response_format!r}; one of "
+                             f"{', '.join(formats.RESPONSE_FORMATS)}", param="response_format")
+        if response_format == "diarized_json" and not job.fields.get("diarize"):
+            raise BadRequest("diarized_json needs speakers, and this job was submitted without diarize=true",
+                             param="response_format")
+        granularities = query.getlist("timestamp_granularities[]") or query.getlist("timestamp_granularities")
+        layout = {key: query[key] for key in ("max_line_chars", "max_cue_duration_s") if key in query}
+        try:
+            subtitles = self._args.ingress.subtitles.model_copy(update={
+                key: TranscriptionRequest.model_validate({key: value}).model_dump()[key]
+                for key, value in layout.items()})
+        except ValidationError as e:
+            message, field = _validation_message(e)
+            raise BadRequest(message, param=field) from None
+        transcript = records.transcript_from_json(job.result or {})
+        content, media_type = formats.render(
+            transcript, response_format, subtitles=subtitles,
+            granularities=frozenset(granularities or job.fields.get("timestamp_granularities") or ["segment"]))
+        headers = {WARNING_HEADER: " | ".join(transcript.warnings)} if transcript.warnings else {}
+        if isinstance(content, dict):
+            return JSONResponse(content, headers=headers)
+        return PlainTextResponse(content, media_type=media_type, headers=headers)
+
+    async def _job_events(self, job: Job, poll_s: float = 0.5) -> AsyncIterator[str]:
+        """The job's status each time it changes, until it ends (serve_app/jobs/views.py)."""
+        assert self._job_store is not None
+        last: dict[str, Any] | None = None
+        current: Job | None = job
+        while current is not None:
+            event = views.job_event(current)
+            if event != last:
+                yield streaming.sse(event)
+                last = event
+            if current.is_final:
+                return
+            await asyncio.sleep(poll_s)
+            current = await asyncio.to_thread(self._job_store.get, job.id)
 
     async def _events(self, held: ExitStack, decoded: media.DecodedAudio, parsed: TranscriptionRequest,
                       known: tuple[SpeakerReference, ...], progress: Progress, route: str,
@@ -338,6 +545,104 @@ class TranscriptionIngress:
     @api.post("/v1/audio/translations")
     async def translations(self, request: Request) -> Response:
         return await self._transcribe(request, "translate")
+
+    # --- jobs: serve_app/jobs/__init__.py says how they are kept and run ------------------------
+
+    @api.post("/v1/audio/transcriptions/jobs", status_code=202)
+    async def submit_transcription_job(self, request: Request) -> Response:
+        """The same fields as /v1/audio/transcriptions, plus callback_url; 202 with the job's status."""
+        return await self._submit_job(request, "transcribe")
+
+    @api.post("/v1/audio/translations/jobs", status_code=202)
+    async def submit_translation_job(self, request: Request) -> Response:
+        return await self._submit_job(request, "translate")
+
+    @api.get("/v1/jobs")
+    async def list_jobs(self, request: Request, limit: int = 20, after: str | None = None) -> Response:
+        """Jobs newest first; `after`: the `next_cursor` of the previous page."""
+        try:
+            self._authorize(request)
+            if not 1 <= limit <= 100:
+                raise BadRequest("limit must be 1 to 100", param="limit")
+            page = await asyncio.to_thread(self._store().list, limit, after)
+        except InvalidCursor:
+            return error_response(BadRequest("after is not a cursor this server handed out; send a "
+                                             "next_cursor from GET /v1/jobs", param="after"), _request_id(request))
+        except Exception as e:  # noqa: BLE001
+            return error_response(e, _request_id(request))
+        return JSONResponse({"object": "list", "data": [views.job_card(job) for job in page.jobs],
+                             "has_more": page.next_cursor is not None, "next_cursor": page.next_cursor})
+
+    @api.get("/v1/jobs/{job_id}")
+    async def get_job(self, request: Request, job_id: str) -> Response:
+        async def card(job: Job) -> Response:
+            return JSONResponse(views.job_card(job))
+        return await self._job_answer(request, job_id, card)
+
+    @api.get("/v1/jobs/{job_id}/result")
+    async def get_job_result(self, request: Request, job_id: str) -> Response:
+        """The transcript in the job's response_format, or in ?response_format= any other, as often as asked."""
+        async def result(job: Job) -> Response:
+            return await self._job_result(request, job)
+        return await self._job_answer(request, job_id, result)
+
+    @api.get("/v1/jobs/{job_id}/events")
+    async def job_events(self, request: Request, job_id: str) -> Response:
+        """Server-Sent Events: job.updated at each change of status or progress, then job.succeeded,
+        job.failed or job.cancelled."""
+        async def events(job: Job) -> Response:
+            return StreamingResponse(self._job_events(job), media_type=streaming.MEDIA_TYPE,
+                                     headers={"Cache-Control": "no-cache"})
+        return await self._job_answer(request, job_id, events)
+
+    @api.post("/v1/jobs/{job_id}/cancel")
+    async def cancel_job(self, request: Request, job_id: str) -> Response:
+        """Cancel a queued or running job: its work stops within a second, on whichever replica runs it."""
+        async def cancel(job: Job) -> Response:
+            cancelled = await asyncio.to_thread(self._store().cancel, job.id)
+            self._runner.cancel(job.id)  # at once if this replica runs it; others see it at their heartbeat
+            return JSONResponse(views.job_card(cancelled))
+        return await self._job_answer(request, job_id, cancel)
+
+    # --- enrolled speakers: serve_app/enrollment.py ------------------------------------------------
+
+    @api.post("/v1/speakers")
+    async def enroll_speaker(self, request: Request) -> Response:
+        """{"name": ..., "references": [data URLs of 2-10 s]}: enroll the speaker (or replace them)."""
+        try:
+            self._authorize(request)
+            try:
+                body = await request.json()
+            except ValueError:
+                raise BadRequest('send a JSON body: {"name": "...", "references": ["data:audio/wav;base64,..."]}'
+                                 ) from None
+            limits = self._args.ingress
+            speaker = await enrollment.enroll(self._store(), self._diarization, body,
+                                              timeout_s=limits.decode_timeout_s,
+                                              memory_limit_mib=limits.decode_memory_limit_mib)
+        except Exception as e:  # noqa: BLE001
+            return error_response(e, _request_id(request))
+        return JSONResponse(enrollment.speaker_card(speaker), status_code=201)
+
+    @api.get("/v1/speakers")
+    async def list_speakers(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+            speakers = await asyncio.to_thread(self._store().list_speakers)
+        except Exception as e:  # noqa: BLE001
+            return error_response(e, _request_id(request))
+        return JSONResponse({"object": "list", "data": [enrollment.speaker_card(s) for s in speakers]})
+
+    @api.delete("/v1/speakers/{name}")
+    async def delete_speaker(self, request: Request, name: str) -> Response:
+        try:
+            self._authorize(request)
+            if not await asyncio.to_thread(self._store().delete_speaker, name):
+                raise enrollment.UnknownSpeaker(f"no speaker enrolled as {name!r}; GET /v1/speakers lists them",
+                                                param="name")
+        except Exception as e:  # noqa: BLE001
+            return error_response(e, _request_id(request))
+        return JSONResponse({"object": "speaker.deleted", "name": name, "deleted": True})
 
     @api.get("/v1/models")
     async def models(self) -> dict[str, Any]:

@@ -16,14 +16,24 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from ray.exceptions import RayActorError
 
-from core.chunks import AsrPlan, ChunkTask, DecodedChunk, assemble, chunk_tasks
+from core.chunks import INTERACTIVE, AsrPlan, ChunkTask, DecodedChunk, assemble, chunk_tasks
 from core.errors import BadRequest, ModelUnavailable
-from core.transcript import AsrOptions, AsrResult, Segment, SpeakerOptions, SpeakerReference, Transcript, WordSource
+from core.transcript import (
+    AsrOptions,
+    AsrResult,
+    Segment,
+    SpeakerOptions,
+    SpeakerReference,
+    SpeakerTurn,
+    Transcript,
+    WordSource,
+)
 from serve_app.progress import Progress
 from serve_app.schemas import TranscriptionRequest
 from serve_app.speakers import assign_speakers, speakers_in_order
@@ -60,6 +70,25 @@ async def call_model(method: Any, *args: Any, sent: Any | None = None) -> Any:
                                "in Retry-After") from e
 
 
+@dataclass
+class Stages:
+    """Outputs of an earlier attempt at the same work (a durable job's), and where to keep new ones.
+
+    `run` skips a stage whose output is here, and hands the output of each stage it runs to `keep`
+    ("asr" with the AsrResult, "turns" with the speaker turns) as soon as that stage finishes, so that an
+    attempt after a restart resumes after the last finished stage. Alignment is not kept: it is quick,
+    and it runs on the ASR result once that is kept.
+    """
+
+    asr: AsrResult | None = None
+    turns: list[SpeakerTurn] | None = None
+    keep: Callable[[str, Any], Awaitable[None]] | None = None
+
+    async def kept(self, stage: str, output: Any) -> None:
+        if self.keep is not None:
+            await self.keep(stage, output)
+
+
 class TranscriptionPipeline:
     """Runs one request's audio through the deployments and returns the assembled transcript."""
 
@@ -78,9 +107,11 @@ class TranscriptionPipeline:
         self._running_replicas = running_replicas
 
     async def run(self, samples: np.ndarray, request: TranscriptionRequest, progress: Progress | None = None,
-                  known_speakers: tuple[SpeakerReference, ...] = ()) -> Transcript:
-        """The transcript of `samples`; `known_speakers`, the request's decoded voice references, name the
-        diarized speakers that match them."""
+                  known_speakers: tuple[SpeakerReference, ...] = (), *, priority: int = INTERACTIVE,
+                  stages: Stages | None = None) -> Transcript:
+        """The transcript of `samples`; `known_speakers`, the request's voice references, name the diarized
+        speakers that match them. `priority` goes on every speech chunk (core.chunks: a job's chunks yield
+        to interactive ones at the ASR replicas); `stages` resumes and keeps a job's stage outputs."""
         if request.diarize and self._diarization is None:
             raise BadRequest("speaker diarization is not enabled on this server; send diarize=false",
                              param="diarize")
@@ -90,13 +121,16 @@ class TranscriptionPipeline:
         speaker_options = SpeakerOptions(num_speakers=request.num_speakers, min_speakers=request.min_speakers,
                                          max_speakers=request.max_speakers, references=known_speakers)
         progress = progress or Progress("")
+        stages = stages or Stages()
         # Sent now, awaited last: diarization runs while ASR (and alignment) run.
         turns_response = turns_call = None
-        if diarization is not None:
+        if diarization is not None and stages.turns is not None:
+            progress.diarized = True
+        elif diarization is not None:
             await self._say_if_scaled_to_zero(diarization, progress)
             turns_response = diarization.diarize.remote(audio, speaker_options)
             turns_call = asyncio.ensure_future(self._diarized(diarization, turns_response, audio,
-                                                              speaker_options, progress))
+                                                              speaker_options, progress, stages))
         asr_options = AsrOptions(
             task=request.task, language=request.language, prompt=request.prompt,
             model=None if request.model is None or request.model in self._model_aliases else request.model,
@@ -106,14 +140,17 @@ class TranscriptionPipeline:
             word_timestamps=request.needs_words,
         )
         try:
-            asr_result = await self._transcribed(audio, samples, asr_options, progress)
+            asr_result = stages.asr
+            if asr_result is None:
+                asr_result = await self._transcribed(audio, samples, asr_options, progress, priority)
+                await stages.kept("asr", asr_result)
             segments, word_source = list(asr_result.segments), asr_result.word_source
             if request.needs_words and segments and self._wants_alignment(request):
                 started = time.monotonic()
                 segments, word_source = await self._aligned(audio, asr_result)
                 progress.stage_s["alignment"] = time.monotonic() - started
                 progress.aligned = True
-            turns = [] if turns_call is None else await turns_call
+            turns = (stages.turns or []) if turns_call is None else await turns_call
         except BaseException:
             if turns_response is not None and turns_call is not None:
                 turns_response.cancel()
@@ -128,7 +165,7 @@ class TranscriptionPipeline:
                           speakers=speakers_in_order(segments))
 
     async def _transcribed(self, audio: Any, samples: np.ndarray, options: AsrOptions,
-                           progress: Progress) -> AsrResult:
+                           progress: Progress, priority: int) -> AsrResult:
         """Plan on one ASR replica, then every chunk decoded where Serve sends it, at most
         `max_chunks_in_flight` at a time, counted into `progress` as each comes back."""
         started = time.monotonic()
@@ -137,7 +174,8 @@ class TranscriptionPipeline:
         progress.stage_s["vad"] = planned - started
         progress.planned(len(plan.chunks), plan.duration_s)
         tasks = chunk_tasks(plan, samples, task=options.task, prompt=options.prompt,
-                            temperature=options.temperature, word_timestamps=options.word_timestamps)
+                            temperature=options.temperature, word_timestamps=options.word_timestamps,
+                            priority=priority)
         window = asyncio.Semaphore(self._max_chunks_in_flight)
 
         async def decode(index: int, task: ChunkTask) -> DecodedChunk:
@@ -157,11 +195,12 @@ class TranscriptionPipeline:
         return assemble(plan, list(decoded), word_timestamps=options.word_timestamps)
 
     async def _diarized(self, diarization: Any, sent: Any, audio: Any, options: SpeakerOptions,
-                        progress: Progress) -> list[Any]:
+                        progress: Progress, stages: Stages) -> list[Any]:
         started = time.monotonic()
         turns: list[Any] = await call_model(diarization.diarize, audio, options, sent=sent)
         progress.stage_s["diarization"] = time.monotonic() - started
         progress.diarized = True
+        await stages.kept("turns", turns)
         return turns
 
     async def _say_if_scaled_to_zero(self, deployment: Any, progress: Progress) -> None:

@@ -45,8 +45,9 @@ class TranscriptionRequest(BaseModel):
                                              description="longest subtitle cue, seconds")
     known_speaker_names: list[str] = Field(
         default_factory=list, max_length=MAX_KNOWN_SPEAKERS,
-        description="names of known speakers, one per known_speaker_references[] entry; diarized speakers that "
-        "match one are labelled with its name")
+        description="names of known speakers, one per known_speaker_references[] entry, or without references the "
+        "names of speakers enrolled with POST /v1/speakers; diarized speakers that match one are labelled with its "
+        "name")
     known_speaker_references: list[str] = Field(
         default_factory=list, max_length=MAX_KNOWN_SPEAKERS,
         description="2-10 s of each known speaker alone, as data URLs (data:audio/wav;base64,...)")
@@ -76,10 +77,11 @@ class TranscriptionRequest(BaseModel):
         if self.task == "translate" and self.response_format == "diarized_json":
             raise ValueError("diarized_json is for transcriptions; use verbose_json with diarize=true "
                              "for a translation with speakers")
-        if len(self.known_speaker_names) != len(self.known_speaker_references):
+        if self.known_speaker_references and len(self.known_speaker_names) != len(self.known_speaker_references):
             raise ValueError(f"{len(self.known_speaker_names)} known_speaker_names[] but "
                              f"{len(self.known_speaker_references)} known_speaker_references[]: send one name per "
-                             "reference, in the same order")
+                             "reference, in the same order, or names only for speakers enrolled with "
+                             "POST /v1/speakers")
         names = [name.strip() for name in self.known_speaker_names]
         if any(not name or len(name) > 64 for name in names) or len(set(names)) != len(names):
             raise ValueError("known_speaker_names[] must be distinct, non-empty and at most 64 characters each")

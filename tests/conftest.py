@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Generator
 
@@ -16,6 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Jobs of every service a test starts are kept in a folder of this run's own (replicas inherit it), never in
+# the user's ~/.local/share: a job a test left unfinished would be resumed by the next service started.
+os.environ.setdefault("TRANSCRIPTION_DATA_DIR", tempfile.mkdtemp(prefix="transcription-test-data-"))
 
 
 # --- unraisable exceptions from our code fail the test ------------------------------------------------

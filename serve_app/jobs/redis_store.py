@@ -141,6 +141,19 @@ ended(id, ARGV[8], KEYS[2], KEYS[3])
 return snapshot(id)
 """
 
+# KEYS: running, queued. ARGV: prefix, id, worker, now.
+_RELEASE = _PRELUDE + """
+local id = ARGV[2]
+local refused = refusal(id, ARGV[3])
+if refused then return refused end
+redis.call('HSET', job_key(id), 'state', 'queued', 'updated_at', ARGV[4])
+redis.call('HDEL', job_key(id), 'lease_until')
+redis.call('HINCRBY', job_key(id), 'attempts', -1)
+redis.call('ZREM', KEYS[1], id)
+redis.call('ZADD', KEYS[2], redis.call('HGET', job_key(id), 'seq'), id)
+return snapshot(id)
+"""
+
 # KEYS: queued, running, expiring, callbacks. ARGV: prefix, id, now, expires_at.
 _CANCEL = _PRELUDE + """
 local id = ARGV[2]
@@ -228,6 +241,7 @@ class RedisJobStore:
         self._create, self._claim, self._renew = script(_CREATE), script(_CLAIM), script(_RENEW)
         self._update, self._finish, self._cancel = script(_UPDATE), script(_FINISH), script(_CANCEL)
         self._expire, self._callback_sent = script(_EXPIRE), script(_CALLBACK_SENT)
+        self._release = script(_RELEASE)
 
     def _key(self, *names: str) -> builtins.list[str]:
         return [self._keys[name] for name in names]
@@ -310,6 +324,11 @@ class RedisJobStore:
         reply = self._finish(keys=self._key("running", "expiring", "callbacks"),
                              args=[self._prefix, job_id, worker, repr(now), state, field, _dumps(value),
                                    self._expires_at(now)])
+        return self._answer(reply, job_id, worker)
+
+    def release(self, job_id: str, worker: str) -> Job:
+        reply = self._release(keys=self._key("running", "queued"),
+                              args=[self._prefix, job_id, worker, repr(self._clock())])
         return self._answer(reply, job_id, worker)
 
     def cancel(self, job_id: str) -> Job:

@@ -236,6 +236,15 @@ class SqliteJobStore:
                        (state, _dumps(result), _dumps(error), now, self._expires_at(now), job_id))
             return self._get(db, job_id)
 
+    def release(self, job_id: str, worker: str) -> Job:
+        now = self._clock()
+        with self._write() as db:
+            self._held(db, job_id, worker)
+            # The queue is taken in `seq` order, so the job is first in line again where it was.
+            db.execute("UPDATE jobs SET state = 'queued', lease_until = NULL, attempts = attempts - 1, "
+                       "updated_at = ? WHERE id = ?", (now, job_id))
+            return self._get(db, job_id)
+
     def cancel(self, job_id: str) -> Job:
         now = self._clock()
         with self._write() as db:

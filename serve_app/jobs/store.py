@@ -150,6 +150,12 @@ class JobStore(Protocol):
         (LeaseLost, JobCancelled) unless `worker` holds a running job."""
         ...
 
+    def release(self, job_id: str, worker: str) -> Job:
+        """Hand a running job back (state `queued`, first in line again, stage and progress kept) because
+        its runner is stopping, not failing: the attempt does not count towards `max_attempts`.
+        LeaseLost or JobCancelled unless `worker` holds it."""
+        ...
+
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued or running job; a job already ended is returned as it is."""
         ...

@@ -148,9 +148,17 @@ class FakeDiarizationHolder(DiarizationHolder):
         _log_teardown(self)
 
     def diarize(self, audio: np.ndarray, options: SpeakerOptions) -> list[SpeakerTurn]:
+        """One speaker throughout: SPEAKER_00, or the first known speaker's name if any is given."""
         self._require_model()
         _model_call(self, audio)
-        return [SpeakerTurn("SPEAKER_00", 0.0, len(audio) / SAMPLE_RATE_HZ)]
+        name = options.references[0].name if options.references else "SPEAKER_00"
+        return [SpeakerTurn(name, 0.0, len(audio) / SAMPLE_RATE_HZ)]
+
+    def embed(self, clips: list[np.ndarray]) -> tuple[np.ndarray, str]:
+        """A voice of 3 dimensions that says how many clips made it."""
+        self._require_model()
+        voice = np.array([len(clips), 1.0, 0.0], dtype=np.float32)
+        return voice / np.linalg.norm(voice), "fake:voices"
 
 
 def build(args: dict[str, Any]) -> Application:

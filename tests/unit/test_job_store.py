@@ -241,6 +241,26 @@ def test_a_job_whose_lease_ran_out_max_attempts_times_fails_instead_of_looping(o
     assert [pending.id for pending in store.pending_callbacks()] == [job.id]
 
 
+def test_a_released_job_is_first_in_line_again_and_the_attempt_does_not_count(opener: Opener, clock: Clock):
+    store = opener(clock=clock, retention_s=RETENTION_S, max_attempts=2)
+    first, second = submit(store, 2)
+    store.claim("stopping", LEASE_S)
+    store.update(first.id, "stopping", progress={"chunks_done": 3}, stage="asr")
+    for _ in range(3):  # three graceful restarts in a row: more than max_attempts, and still not failed
+        released = store.release(first.id, "stopping")
+        assert (released.state, released.lease_until, released.stage) == ("queued", None, "asr")
+        assert released.progress == {"chunks_done": 3}
+        again = store.claim("stopping", LEASE_S)
+        assert again is not None and (again.id, again.attempts) == (first.id, 1)  # ahead of the newer job
+    with pytest.raises(LeaseLost):
+        store.release(first.id, "another")
+    store.cancel(first.id)
+    with pytest.raises(JobCancelled):
+        store.release(first.id, "stopping")
+    taken = store.claim("next", LEASE_S)
+    assert taken is not None and taken.id == second.id
+
+
 def _claim_all(store: JobStore, worker: str, start: threading.Barrier | None = None) -> list[str]:
     if start is not None:
         start.wait()

@@ -72,8 +72,14 @@ def test_known_speakers_imply_diarization_and_pair_names_with_references():
     assert request.diarize is True and request.known_speaker_names == ["agent", "customer"]
 
 
+def test_names_without_references_are_enrolled_speakers_and_imply_diarization():
+    request = TranscriptionRequest(known_speaker_names=["agent"])
+    assert request.diarize is True and request.known_speaker_references == []
+
+
 @pytest.mark.parametrize(("names", "urls", "says"), [
-    (["agent"], [], "1 known_speaker_names\\[\\] but 0 known_speaker_references\\[\\]"),
+    (["agent", "customer"], ["data:a"], "2 known_speaker_names\\[\\] but 1 known_speaker_references\\[\\]"),
+    ([], ["data:a"], "0 known_speaker_names\\[\\] but 1 known_speaker_references\\[\\]"),
     (["agent", "agent"], ["data:a", "data:b"], "must be distinct"),
     ([""], ["data:a"], "non-empty"),
 ])
