@@ -9,6 +9,7 @@ import hmac
 import json
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -259,7 +260,8 @@ class TranscriptionIngress:
         work = JobWork(pipeline, self._job_store, self._spool, decode, speed=lambda: self._admission.speed)
         context = serve.get_replica_context()
         self._runner = JobRunner(self._job_store, work, self._job_failure,
-                                 worker=f"{context.replica_tag}-{uuid.uuid4().hex[:8]}", lease_s=config.lease_s,
+                                 worker=f"{context.replica_tag}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+                                 lease_s=config.lease_s,
                                  max_running=config.max_running)
         secret = self._settings.callback_secret
         self._callback_policy = callbacks.CallbackPolicy(allow=tuple(config.callback_allow),
@@ -272,9 +274,11 @@ class TranscriptionIngress:
                             loop.create_task(sender.run(stop=self._stopping), name="job callbacks"),
                             loop.create_task(self._expire_jobs(), name="job expiry")]
 
-    async def _expire_jobs(self, interval_s: float = 60.0) -> None:
-        """Delete ended jobs past their retention, with their spooled files: the store does not grow."""
+    async def _expire_jobs(self) -> None:
+        """Delete ended jobs past their retention, with their spooled files: the store does not grow. Every
+        minute, or four times per retention when that is shorter."""
         assert self._job_store is not None
+        interval_s = min(60.0, max(0.5, self._args.jobs.retention_s / 4))
         while not self._stopping.is_set():
             try:
                 inputs = await asyncio.to_thread(self._job_store.expire)

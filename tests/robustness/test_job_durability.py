@@ -5,7 +5,9 @@ test's own. A job of 40 speech chunks (DELAY_S per batch of 4) is killed while i
 1. its ingress replica is SIGKILLed: Serve starts another, whose runner takes the job over once the dead
    runner's lease has run out (attempt 2) and finishes it;
 2. the ingress replica is SIGKILLed and Ray shut down under it (every process of the service gone); a new
-   Ray and a new deploy on the same data folder take the job over and finish it.
+   Ray and a new deploy on the same data folder take the job over and finish it;
+3. with two ingress replicas sharing a Redis job store (as on a cluster), the one running the job is
+   SIGKILLed, and the job is taken over and finished.
 Either way the job ends once: succeeded, every chunk's text in order, one callback. Its diarization, which
 finished before the kill (it is one call, the chunks are many), is kept and not run again.
 """
@@ -26,6 +28,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.redis_server import redis_server
 from tests.serve.fake_app import BATCH_LOG_ENV, CALL_LOG_ENV, DELAY_ENV
 from tests.serve.served import APP, RAY_ENV, ROOT, WAIT_S, free_port, serve_config
 from tests.speech import to_wav_bytes
@@ -86,8 +89,10 @@ def callbacks() -> Iterator[tuple[str, list[str]]]:
         server.server_close()
 
 
-def start(folder: Path, callbacks: list[str], port: int) -> Service:
-    """A Ray of the test's own with the fake app deployed, keeping jobs in `folder`/data."""
+def start(folder: Path, callbacks: list[str], port: int, store_url: str | None = None,
+          ingress_replicas: int = 1, **jobs: Any) -> Service:
+    """A Ray of the test's own with the fake app deployed, keeping jobs in `folder`/data (and in the store at
+    `store_url`, if given)."""
     import ray
     from ray.serve._private.constants import SERVE_NAMESPACE
 
@@ -98,8 +103,9 @@ def start(folder: Path, callbacks: list[str], port: int) -> Service:
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=SERVE_NAMESPACE,
              runtime_env={"env_vars": env})
     args = {"jobs": {"data_dir": str(folder / "data"), "lease_s": LEASE_S, "max_chunks_in_flight": 4,
-                     "callback_allow": ["127.0.0.1/32"], "callback_allow_http": True}}
-    url = deploy(serve_config(port, args=args), timeout_s=WAIT_S)
+                     "callback_allow": ["127.0.0.1/32"], "callback_allow_http": True, "store_url": store_url, **jobs}}
+    options = {INGRESS: {"num_replicas": ingress_replicas}}
+    url = deploy(serve_config(port, options=options, args=args), timeout_s=WAIT_S)
     return Service(url, folder, callbacks)
 
 
@@ -213,3 +219,45 @@ def test_a_job_survives_the_death_of_the_whole_service(folder, callbacks):
     finally:
         if not crashed:
             stop()
+
+
+def test_a_job_in_the_shared_store_is_taken_over_when_the_replica_running_it_dies(folder, callbacks):
+    from serve_app.jobs.redis_store import RedisJobStore
+
+    callback_url, got = callbacks
+    (folder / "redis").mkdir()
+    with redis_server(folder / "redis", appendonly=True) as url:
+        service = start(folder, got, free_port(), store_url=url, ingress_replicas=2)
+        store = RedisJobStore(url)
+        try:
+            job_id, samples = submit_long_job(service, callback_url)
+            job = store.get(job_id)
+            assert job is not None and job.worker is not None
+            victim = int(job.worker.split(":")[-2])  # worker names are replica:pid:suffix
+            os.kill(victim, signal.SIGKILL)
+            resumed = wait_for(lambda: job_status(service, job_id)["attempts"] == 2, "another runner taking over")
+            finished = check_finished_once(service, job_id, samples, got)
+            taken = store.get(job_id)
+            assert taken is not None and taken.worker is not None and f":{victim}:" not in taken.worker
+            print(f"\nreplica {victim} of 2 killed; job taken over after {resumed:.1f} s by {taken.worker}; "
+                  f"attempts {finished['attempts']}")
+        finally:
+            store.close()
+            stop()
+
+
+def test_ended_jobs_expire_with_their_files(folder, callbacks):
+    _, got = callbacks
+    service = start(folder, got, free_port(), retention_s=3)
+    try:
+        audio = to_wav_bytes(0.1 * np.sin(np.arange(30 * 4000) / 5).astype(np.float32), 4000)
+        with httpx.Client(base_url=service.url, timeout=WAIT_S) as http:
+            job_id = http.post("/v1/audio/transcriptions/jobs", files={"file": ("a.wav", audio)}).json()["id"]
+            wait_for(lambda: job_status(service, job_id)["status"] == "succeeded", "the job's end")
+            assert list((folder / "data" / "spool").iterdir())  # its upload and stage outputs
+            expired = wait_for(lambda: http.get(f"/v1/jobs/{job_id}").status_code == 404, "the job's expiry", 30)
+            assert http.get(f"/v1/jobs/{job_id}/result").status_code == 404
+        assert not list((folder / "data" / "spool").iterdir()), "the expired job's files were left behind"
+        print(f"\nexpired {expired:.1f} s after it ended (retention 3 s)")
+    finally:
+        stop()

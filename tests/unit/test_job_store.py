@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import multiprocessing
 import queue
-import shutil
-import socket
 import sqlite3
-import subprocess
 import threading
 import time
 import uuid
@@ -18,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from serve_app.jobs import (
     InvalidCursor,
@@ -32,6 +28,7 @@ from serve_app.jobs import (
 from serve_app.jobs.redis_store import RedisJobStore
 from serve_app.jobs.sqlite_store import SqliteJobStore
 from serve_app.jobs.store import ATTEMPTS_EXHAUSTED
+from tests.redis_server import redis_server
 
 RETENTION_S = 3600.0
 LEASE_S = 30.0
@@ -56,35 +53,8 @@ class Clock:
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail("redis-server is not installed: scripts/test-tools installs it "
-                    "(apt-get install -y --no-install-recommends redis-server)")
-    folder = tmp_path_factory.mktemp("redis")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    log = (folder / "redis.log").open("w")
-    process = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                "--appendonly", "no", "--dir", str(folder)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        client = redis.Redis.from_url(url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"redis-server did not start: {(folder / 'redis.log').read_text()}")
-                time.sleep(0.02)
-        client.close()
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
 
 
 class Opener:
