@@ -69,7 +69,9 @@ def conversation() -> tuple[np.ndarray, list[speech.Turn]]:
     return speech.sample_conversation()
 
 
-def transcribe(client: httpx.Client, data: bytes, filename: str = "audio.wav", **fields) -> httpx.Response:
-    """POST a multipart form like OpenAI's clients do; list values repeat their field."""
+def transcribe(client: httpx.Client, data: bytes, filename: str = "audio.wav", *,
+               route: str = "/v1/audio/transcriptions", **fields) -> httpx.Response:
+    """POST a multipart form like OpenAI's clients do; list values repeat their field. `route`: the
+    jobs route takes the same form."""
     form = {"model": "whisper-1", **{k: (v if isinstance(v, list) else str(v)) for k, v in fields.items()}}
-    return client.post("/v1/audio/transcriptions", data=form, files={"file": (filename, data)})
+    return client.post(route, data=form, files={"file": (filename, data)})
