@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -74,14 +74,17 @@ async def call_model(method: Any, *args: Any, sent: Any | None = None) -> Any:
 class Stages:
     """Outputs of an earlier attempt at the same work (a durable job's), and where to keep new ones.
 
-    `run` skips a stage whose output is here, and hands the output of each stage it runs to `keep`
-    ("asr" with the AsrResult, "turns" with the speaker turns) as soon as that stage finishes, so that an
-    attempt after a restart resumes after the last finished stage. Alignment is not kept: it is quick,
-    and it runs on the ASR result once that is kept.
+    `run` skips what is here, and hands each output it makes to `keep` as soon as it is made: "plan" with
+    the AsrPlan, "chunk" with (index, DecodedChunk) for each speech chunk, "asr" with the AsrResult, "turns"
+    with the speaker turns. An attempt after a restart so resumes after the last of them: with the plan
+    and some chunks kept, only the other chunks are decoded. Alignment is not kept: it is quick, and it
+    runs on the ASR result once that is kept.
     """
 
     asr: AsrResult | None = None
     turns: list[SpeakerTurn] | None = None
+    plan: AsrPlan | None = None
+    chunks: dict[int, DecodedChunk] = field(default_factory=dict)  # by index in the plan
     keep: Callable[[str, Any], Awaitable[None]] | None = None
 
     async def kept(self, stage: str, output: Any) -> None:
@@ -142,7 +145,7 @@ class TranscriptionPipeline:
         try:
             asr_result = stages.asr
             if asr_result is None:
-                asr_result = await self._transcribed(audio, samples, asr_options, progress, priority)
+                asr_result = await self._transcribed(audio, samples, asr_options, progress, priority, stages)
                 await stages.kept("asr", asr_result)
             segments, word_source = list(asr_result.segments), asr_result.word_source
             if request.needs_words and segments and self._wants_alignment(request):
@@ -165,11 +168,16 @@ class TranscriptionPipeline:
                           speakers=speakers_in_order(segments))
 
     async def _transcribed(self, audio: Any, samples: np.ndarray, options: AsrOptions,
-                           progress: Progress, priority: int) -> AsrResult:
+                           progress: Progress, priority: int, stages: Stages) -> AsrResult:
         """Plan on one ASR replica, then every chunk decoded where Serve sends it, at most
-        `max_chunks_in_flight` at a time, counted into `progress` as each comes back."""
+        `max_chunks_in_flight` at a time, counted into `progress` as each comes back; what `stages`
+        kept of an earlier attempt is not done again."""
         started = time.monotonic()
-        plan: AsrPlan = await call_model(self._asr.plan, audio, options)
+        plan = stages.plan
+        if plan is None:
+            plan = await call_model(self._asr.plan, audio, options)
+            await stages.kept("plan", plan)
+        assert plan is not None
         planned = time.monotonic()
         progress.stage_s["vad"] = planned - started
         progress.planned(len(plan.chunks), plan.duration_s)
@@ -179,8 +187,13 @@ class TranscriptionPipeline:
         window = asyncio.Semaphore(self._max_chunks_in_flight)
 
         async def decode(index: int, task: ChunkTask) -> DecodedChunk:
+            kept = stages.chunks.get(index)
+            if kept is not None:
+                progress.chunk_done(index, kept.text)
+                return kept
             async with window:
                 decoded: DecodedChunk = await call_model(self._asr.decode_chunk, task)
+            await stages.kept("chunk", (index, decoded))
             progress.chunk_done(index, decoded.text)
             return decoded
 

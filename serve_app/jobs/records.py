@@ -1,14 +1,16 @@
 """Stage outputs and results as JSON: what a job keeps between attempts and after it ends.
 
 A job's result is its `Transcript` (the same value the synchronous routes render), so one result can be
-rendered in every response format, as often as asked. The ASR result and the speaker turns are kept as
-each stage finishes, so that an attempt after a restart resumes after the last finished stage.
+rendered in every response format, as often as asked. The ASR plan, each decoded speech chunk, the ASR
+result and the speaker turns are kept as each is done, so that an attempt after a restart resumes after
+the last of them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from core.chunks import AsrPlan, DecodedChunk, SpeechChunk
 from core.transcript import AsrResult, Segment, SpeakerTurn, Transcript, Word
 
 
@@ -62,3 +64,27 @@ def turns_json(turns: list[SpeakerTurn]) -> list[dict[str, Any]]:
 
 def turns_from_json(data: list[dict[str, Any]]) -> list[SpeakerTurn]:
     return [SpeakerTurn(speaker=t["speaker"], start_s=t["start_s"], end_s=t["end_s"]) for t in data]
+
+
+def plan_json(plan: AsrPlan) -> dict[str, Any]:
+    return {"model": plan.model, "language": plan.language, "duration_s": plan.duration_s,
+            "chunks": [[chunk.start_s, chunk.end_s] for chunk in plan.chunks]}
+
+
+def plan_from_json(data: dict[str, Any]) -> AsrPlan:
+    return AsrPlan(model=data["model"], language=data["language"], duration_s=data["duration_s"],
+                   chunks=tuple(SpeechChunk(start_s, end_s) for start_s, end_s in data["chunks"]))
+
+
+def decoded_chunk_json(index: int, decoded: DecodedChunk) -> dict[str, Any]:
+    return {"index": index, "chunk": [decoded.chunk.start_s, decoded.chunk.end_s], "text": decoded.text,
+            "tokens": list(decoded.tokens), "avg_logprob": decoded.avg_logprob,
+            "words": [_word_json(w) for w in decoded.words], "start_s": decoded.start_s, "end_s": decoded.end_s}
+
+
+def decoded_chunk_from_json(data: dict[str, Any]) -> tuple[int, DecodedChunk]:
+    start_s, end_s = data["chunk"]
+    return data["index"], DecodedChunk(chunk=SpeechChunk(start_s, end_s), text=data["text"],
+                                       tokens=tuple(data["tokens"]), avg_logprob=data["avg_logprob"],
+                                       words=tuple(_word(w) for w in data["words"]), start_s=data["start_s"],
+                                       end_s=data["end_s"])

@@ -2,12 +2,16 @@
 
 Each job has a folder of its own under the spool root, named before the job exists (the store names the
 job): `upload` is the file as received, and each finished stage leaves a file beside it (`decoded.npy`,
-`asr.json`, `turns.json`), which an attempt after a restart reads instead of running the stage again. The
-store keeps the upload's path as the job's `input`; expiring a job deletes the whole folder.
+`plan.json`, `chunks.jsonl`, `asr.json`, `turns.json`), which an attempt after a restart reads instead of
+running the stage again. The store keeps the upload's path as the job's `input`; expiring a job deletes
+the whole folder.
 
 Every file is written under a temporary name, flushed to disk and then renamed, so a replica killed
-mid-write leaves either the whole file or none. On a cluster the root is a volume every ingress replica
-mounts (ReadWriteMany): the replica that runs a job is not always the one that accepted it.
+mid-write leaves either the whole file or none. Decoded chunks are appended to one file instead, a record
+each, flushed to disk as it is written; one a kill cut short is not read back.
+
+On a cluster the root is a volume every ingress replica mounts (ReadWriteMany): the replica that runs a
+job is not always the one that accepted it.
 """
 
 from __future__ import annotations
@@ -58,6 +62,34 @@ class Spool:
     def read_json(self, input: str, stage: str) -> Any | None:
         path = self._folder(input) / f"{stage}.json"
         return json.loads(path.read_bytes()) if path.exists() else None
+
+    def append_json(self, input: str, stage: str, value: dict[str, Any]) -> None:
+        """Add a record to the stage's `.jsonl` file, durably. Each record is one write, newline first, to a
+        file opened for appending: records from several threads never mix, and one a kill cut short stays
+        on a line of its own, ahead of the next attempt's."""
+        record = b"\n" + json.dumps(value, separators=(",", ":")).encode()
+        descriptor = os.open(self._folder(input) / f"{stage}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(descriptor, record)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    def read_json_lines(self, input: str, stage: str) -> list[dict[str, Any]]:
+        """The whole records of the stage's `.jsonl` file, in order; one cut short (not a whole JSON object)
+        is left out."""
+        path = self._folder(input) / f"{stage}.jsonl"
+        if not path.exists():
+            return []
+        records = []
+        for line in path.read_bytes().split(b"\n"):
+            try:
+                record = json.loads(line)
+            except ValueError:  # the empty start, or a record a kill cut short
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
 
     def keep_samples(self, input: str, samples: np.ndarray) -> None:
         with _writing(self._folder(input) / "decoded.npy") as out:

@@ -6,8 +6,12 @@ kept in the job's spool folder as it finishes (serve_app/jobs/spool.py), so an a
 goes on after the last finished stage instead of from the start:
 
     decode    decoded.npy, decoded.json   the samples and what of the upload could not be decoded
+    plan      plan.json                   the speech chunks VAD found, and the model and language
+              chunks.jsonl                each speech chunk's decode, as it comes back (not a stage)
     asr       asr.json                    the transcribed segments
     turns     turns.json                  the speaker turns (diarization runs beside ASR)
+
+A job killed half-way through its chunks so decodes only the other half on its next attempt.
 
 Alignment is not kept: it runs on the kept ASR result in a fraction of its time.
 """
@@ -15,6 +19,7 @@ Alignment is not kept: it runs on the kept ASR result in a fraction of its time.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -30,6 +35,8 @@ from serve_app.jobs.store import JobStore
 from serve_app.pipeline import Stages, TranscriptionPipeline
 from serve_app.progress import Progress
 from serve_app.schemas import TranscriptionRequest
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,15 +59,25 @@ class JobWork:
         request = TranscriptionRequest.model_validate(job.fields)
         progress = Progress(job.id)
         resumed = dict(job.progress)
-        context.report = lambda: job_progress(progress, request, resumed, self._speed())
+        stages = await asyncio.to_thread(self._kept_stages, job.input)
+        kept = len(stages.chunks)
+        context.report = lambda: job_progress(progress, request, resumed, self._speed(), kept=kept)
         samples, warnings = await self._decoded(context, progress)
         known = await self._known_speakers(job.input, request)
-        stages = await asyncio.to_thread(self._kept_stages, job.input)
         if stages.asr is not None:  # the chunks were all transcribed by an earlier attempt
             progress.chunks_total = progress.chunks_done = resumed.get("chunks_total") or 0
+        elif kept:
+            logger.info("job %s: %d speech chunks kept from an earlier attempt", job.id, kept)
 
         async def keep(stage: str, output: Any) -> None:
-            if stage == "asr":
+            if stage == "chunk":  # one record per chunk: not a stage of its own in the store
+                index, decoded = output
+                await asyncio.to_thread(self._spool.append_json, job.input, "chunks",
+                                        records.decoded_chunk_json(index, decoded))
+                return
+            if stage == "plan":
+                await asyncio.to_thread(self._spool.keep_json, job.input, "plan", records.plan_json(output))
+            elif stage == "asr":
                 await asyncio.to_thread(self._spool.keep_json, job.input, "asr", records.asr_result_json(output))
             elif stage == "turns":
                 await asyncio.to_thread(self._spool.keep_json, job.input, "turns", records.turns_json(output))
@@ -107,24 +124,29 @@ class JobWork:
         asr, turns = self._spool.read_json(input, "asr"), self._spool.read_json(input, "turns")
         asr_result: AsrResult | None = None if asr is None else records.asr_result_from_json(asr)
         kept_turns: list[SpeakerTurn] | None = None if turns is None else records.turns_from_json(turns)
-        return Stages(asr=asr_result, turns=kept_turns)
+        plan = self._spool.read_json(input, "plan")
+        if plan is None:  # chunks without their plan cannot be placed: none are kept
+            return Stages(asr=asr_result, turns=kept_turns)
+        chunks = dict(records.decoded_chunk_from_json(line) for line in self._spool.read_json_lines(input, "chunks"))
+        return Stages(asr=asr_result, turns=kept_turns, plan=records.plan_from_json(plan), chunks=chunks)
 
 
 def job_progress(progress: Progress, request: TranscriptionRequest, resumed: dict[str, Any],
-                 speed: float) -> dict[str, Any]:
+                 speed: float, *, kept: int = 0) -> dict[str, Any]:
     """A job's progress as its status shows it: each stage reached, chunks transcribed of total, and an
     estimate of the seconds left.
 
-    The estimate: while chunks are transcribed, the chunks left at the pace of those done so far in this
-    attempt; before that, the audio at the measured speed of the service (admission's estimate).
+    The estimate: while chunks are transcribed, the chunks left at the pace of those decoded so far in this
+    attempt (not the `kept` ones an earlier attempt decoded); before that, the audio at the measured speed
+    of the service (admission's estimate).
     """
     chunks_total = progress.chunks_total if progress.chunks_total is not None else resumed.get("chunks_total")
     done = progress.chunks_done
     eta_s: float | None = None
     asr_started = progress.stage_s.get("vad")
-    if chunks_total and done and asr_started is not None:
+    if chunks_total and done > kept and asr_started is not None:
         asr_elapsed = progress.elapsed_s - progress.stage_s.get("decode", 0.0) - asr_started
-        eta_s = max(0.0, asr_elapsed / done * (chunks_total - done))
+        eta_s = max(0.0, asr_elapsed / (done - kept) * (chunks_total - done))
     elif progress.audio_s is not None and done == 0 and not (chunks_total and done == chunks_total):
         eta_s = progress.audio_s / max(speed, 1e-6)
     return {

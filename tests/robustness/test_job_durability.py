@@ -8,8 +8,9 @@ test's own. A job of 40 speech chunks (DELAY_S per batch of 4) is killed while i
    Ray and a new deploy on the same data folder take the job over and finish it;
 3. with two ingress replicas sharing a Redis job store (as on a cluster), the one running the job is
    SIGKILLed, and the job is taken over and finished.
-Either way the job ends once: succeeded, every chunk's text in order, one callback. Its diarization, which
-finished before the kill (it is one call, the chunks are many), is kept and not run again.
+Either way the job ends once: succeeded, every chunk's text in order, one callback. What it had finished
+before the kill is kept and not done again: its diarization (one call, done early), its plan and each
+chunk decoded; only the chunks in flight at the kill (at most the window of 4) are decoded twice.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ pytestmark = [pytest.mark.serve, pytest.mark.timeout(600)]
 DELAY_S = 0.4
 CHUNKS = 40
 LEASE_S = 3.0
+WINDOW = 4  # a job's chunks in flight
 INGRESS = "TranscriptionIngress"
 
 
@@ -102,7 +104,7 @@ def start(folder: Path, callbacks: list[str], port: int, store_url: str | None =
            CALL_LOG_ENV: str(folder / "calls.log")}
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=SERVE_NAMESPACE,
              runtime_env={"env_vars": env})
-    args = {"jobs": {"data_dir": str(folder / "data"), "lease_s": LEASE_S, "max_chunks_in_flight": 4,
+    args = {"jobs": {"data_dir": str(folder / "data"), "lease_s": LEASE_S, "max_chunks_in_flight": WINDOW,
                      "callback_allow": ["127.0.0.1/32"], "callback_allow_http": True, "store_url": store_url, **jobs}}
     options = {INGRESS: {"num_replicas": ingress_replicas}}
     url = deploy(serve_config(port, options=options, args=args), timeout_s=WAIT_S)
@@ -174,6 +176,7 @@ def check_finished_once(service: Service, job_id: str, samples: int, callbacks: 
     time.sleep(3)  # a second callback would come within the sender's next passes
     assert callbacks.count(job_id) == 1
     assert service.diarize_calls(samples) == 1, "the kept diarization ran again"
+    assert CHUNKS <= service.chunks_decoded() <= CHUNKS + WINDOW, "kept chunks were decoded again"
     return job
 
 

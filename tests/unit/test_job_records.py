@@ -56,3 +56,15 @@ def test_speaker_turns_read_back_equal_and_in_order():
              SpeakerTurn("SPEAKER_01", 3.5, 4.0)]
     assert records.turns_from_json(through_text(records.turns_json(turns))) == turns
     assert records.turns_from_json(through_text(records.turns_json([]))) == []
+
+
+def test_a_plan_and_its_decoded_chunks_read_back_equal():
+    from core.chunks import AsrPlan, DecodedChunk, SpeechChunk
+
+    plan = AsrPlan(model="tiny.en", language="en", chunks=(SpeechChunk(0.0, 29.5), SpeechChunk(31.0, 44.25)),
+                   duration_s=45.0)
+    assert records.plan_from_json(through_text(records.plan_json(plan))) == plan
+    decoded = DecodedChunk(plan.chunks[1], " the rest", (50257, 262), -0.31,
+                           words=(Word("the", 31.2, 31.4, 0.9), Word("rest", 31.5, 32.0, 0.8)),
+                           start_s=31.2, end_s=32.0)
+    assert records.decoded_chunk_from_json(through_text(records.decoded_chunk_json(1, decoded))) == (1, decoded)

@@ -420,6 +420,11 @@ def keeper() -> tuple[Stages, dict[str, Any]]:
     kept: dict[str, Any] = {}
 
     async def keep(stage: str, output: Any) -> None:
+        if stage == "chunk":  # one per chunk, by index
+            index, decoded = output
+            assert index not in kept.setdefault("chunks", {}), f"chunk {index} kept twice"
+            kept["chunks"][index] = decoded
+            return
         assert stage not in kept, f"{stage} kept twice"
         kept[stage] = output
 
@@ -468,13 +473,33 @@ async def test_each_stage_that_runs_is_kept_with_its_output():
     pipeline, *_ = make()
     stages, kept = keeper()
     transcript = await pipeline.run(AUDIO, request(diarize=True), stages=stages)
-    assert set(kept) == {"asr", "turns"}
+    assert set(kept) == {"plan", "chunks", "asr", "turns"}
     assert kept["turns"] == TURNS
+    assert isinstance(kept["plan"], AsrPlan) and sorted(kept["chunks"]) == list(range(len(kept["plan"].chunks)))
     asr_result = kept["asr"]
     assert isinstance(asr_result, AsrResult)
     assert (asr_result.language, asr_result.duration_s) == ("en", 4.0)
     assert [s.text for s in asr_result.segments] == [s.text for s in SEGMENTS]
     assert transcript.text == "hello there general kenobi"
+
+
+async def test_with_the_plan_and_some_chunks_kept_only_the_other_chunks_are_decoded():
+    first = many_chunks_asr([], in_flight=[])
+    stages, kept = keeper()
+    whole = await TranscriptionPipeline(first, None, None, put=lambda s: s).run(
+        np.zeros(16_000 * 12, np.float32), request(), stages=stages)
+    # A second attempt with the plan and the even chunks kept, as a job killed half-way resumes.
+    again = many_chunks_asr([], in_flight=[])
+    resumed = Stages(plan=kept["plan"], chunks={i: c for i, c in kept["chunks"].items() if i % 2 == 0})
+    progress = Progress("job")
+    texts: list[str] = []
+    progress.on_text = texts.append
+    transcript = await TranscriptionPipeline(again, None, None, put=lambda s: s).run(
+        np.zeros(16_000 * 12, np.float32), request(), progress, stages=resumed)
+    assert not [name for name, _ in again.calls if name == "plan"]
+    assert [t.chunk for t in decoded_tasks(again)] == [MANY[i] for i in range(len(MANY)) if i % 2]
+    assert transcript.text == whole.text and "".join(texts) == whole.text
+    assert progress.chunks_done == len(MANY)
 
 
 async def test_a_failed_asr_keeps_nothing_of_it():

@@ -86,3 +86,16 @@ def test_remove_deletes_the_jobs_folder_and_nothing_outside_the_spool(tmp_path: 
     assert Path(kept).read_bytes() == b"keep me"
     with pytest.raises(ValueError, match="not in the spool"):
         spool.keep_json(str(outside), "asr", {})
+
+
+def test_appended_records_read_back_in_order_and_one_cut_short_is_left_out(tmp_path: Path):
+    spool = Spool(tmp_path / "spool")
+    input = spool.accept(io.BytesIO(b"audio"))
+    assert spool.read_json_lines(input, "chunks") == []
+    spool.append_json(input, "chunks", {"index": 0, "text": "one"})
+    spool.append_json(input, "chunks", {"index": 1, "text": "two"})
+    with open(Path(input).parent / "chunks.jsonl", "ab") as log:  # a kill in the middle of a write
+        log.write(b'\n{"index": 2, "te')
+    spool.append_json(input, "chunks", {"index": 3, "text": "four"})  # the next attempt goes on after it
+    assert spool.read_json_lines(input, "chunks") == [
+        {"index": 0, "text": "one"}, {"index": 1, "text": "two"}, {"index": 3, "text": "four"}]
