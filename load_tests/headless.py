@@ -124,9 +124,11 @@ def _s(ms: float | None) -> str:
 
 def run_locust(host: str, out_dir: Path, *, users: int, spawn_rate: float, run_time_s: int,
                stop_timeout_s: int = 120, request_timeout_s: float | None = None,
-               env: dict[str, str] | None = None) -> LoadRun:
+               env: dict[str, str] | None = None,
+               user_classes: tuple[str, ...] = ("TranscriptionUser",)) -> LoadRun:
     """Run the locustfile headless against `host` (loopback) for `run_time_s`, then give in-flight requests
-    `stop_timeout_s` to finish; killed if it is still running START_UP_S after that."""
+    `stop_timeout_s` to finish; killed if it is still running START_UP_S after that. `user_classes`: the
+    locustfile's users to run, by weight; TranscriptionUser alone keeps runs comparable with earlier ones."""
     host = loopback_url(host)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").unlink(missing_ok=True)  # a folder used again must not report the last run
@@ -136,7 +138,8 @@ def run_locust(host: str, out_dir: Path, *, users: int, spawn_rate: float, run_t
     command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host,
                "--users", str(users), "--spawn-rate", str(spawn_rate), "--run-time", f"{run_time_s}s",
                "--stop-timeout", f"{stop_timeout_s}s", "--csv", str(out_dir / "stats"),
-               "--logfile", str(out_dir / "locust.log"), "--loglevel", "INFO", "--only-summary"]
+               "--logfile", str(out_dir / "locust.log"), "--loglevel", "INFO", "--only-summary",
+               *user_classes]
     started = time.monotonic()
     with open(out_dir / "locust.out", "wb") as out:
         # cwd: the locustfile imports tests/speech.py, which imports core/ from the checkout.

@@ -1,9 +1,14 @@
-"""Locust load test for POST /v1/audio/transcriptions.
+"""Locust load test for POST /v1/audio/transcriptions and for durable jobs.
 
     load_tests/run_local.sh                                    # headless, bounded, CSV stats (see README.md)
     .venv/bin/locust -f load_tests/locustfile.py --host http://127.0.0.1:8000   # web UI on :8089
+    .venv/bin/locust -f load_tests/locustfile.py --host http://127.0.0.1:8000 JobUser   # jobs only
 
-Each simulated user uploads one clip again and again, with a weighted mix of requests:
+Two user classes, about ten `TranscriptionUser`s to one `JobUser` when Locust runs both (Locust's weights:
+no JobUser below 6 users). Name classes after the file to run only those; load_tests/headless.py runs
+TranscriptionUser only.
+
+Each TranscriptionUser uploads one clip again and again, with a weighted mix of requests:
 
     weight 6  response_format=json                                   -> {"text": ...}
     weight 2  response_format=srt                                    -> subtitle cues
@@ -13,6 +18,12 @@ Each simulated user uploads one clip again and again, with a weighted mix of req
 A response counts as a success when it is 200 and its body is what the format promises (non-empty text
 when the clip has speech). A 503 with Retry-After is the service shedding load on purpose: it is not a
 failure; it shows up as its own row, "<name> (shed)", and the user waits Retry-After before its next request.
+
+Each JobUser submits a longer recording (the clip repeated) to POST /v1/audio/transcriptions/jobs, follows
+it at GET /v1/jobs/{id} with backoff (1 s, then half as long again each time, at most 15 s) until it ends,
+and fetches its result as SRT. Rows: "/v1/audio/transcriptions/jobs [submit]", "/v1/jobs/{id} [poll]",
+"/v1/jobs/{id}/result [srt]", and "job [submit to result]", whose time is the job's whole life: a job that
+fails, is cancelled, or does not end within LOAD_TEST_JOB_TIMEOUT_S is a failure there.
 
 Environment:
     LOAD_TEST_AUDIO         audio file to upload (any format the service accepts); default: generated in
@@ -27,6 +38,11 @@ Environment:
     LOAD_TEST_TIMEOUT_S     per-request timeout in seconds (default 600)
     LOAD_TEST_MAX_RETRY_AFTER_S  cap on how long a shed user waits (default 30)
     LOAD_TEST_SUMMARY_PATH  also write the closing summary (see `run_summary`) to this JSON file
+    LOAD_TEST_JOB_AUDIO     the file a JobUser submits (default: the clip, LOAD_TEST_JOB_REPEAT times over)
+    LOAD_TEST_JOB_REPEAT    how many times a WAV clip is repeated for a job (default 8: about 2 min of the
+                            generated conversation)
+    LOAD_TEST_JOB_TIMEOUT_S how long a JobUser follows one job before counting it failed (default 1800)
+    LOAD_TEST_JOB_MAX_POLL_S  longest wait between two polls of a job (default 15)
 """
 
 from __future__ import annotations
@@ -43,7 +59,7 @@ import sys
 import time
 import wave
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -56,6 +72,11 @@ from locust.stats import RequestStats, StatsEntry, StatsError
 logger = logging.getLogger("load_test")
 
 ROUTE = "/v1/audio/transcriptions"
+JOB_ROUTE = "/v1/audio/transcriptions/jobs"
+JOB_SUBMIT = f"{JOB_ROUTE} [submit]"
+JOB_POLL = "/v1/jobs/{id} [poll]"
+JOB_RESULT = "/v1/jobs/{id}/result [srt]"
+JOB_WHOLE = "job [submit to result]"
 SAMPLE_RATE = 16_000
 REPO = Path(__file__).resolve().parents[1]
 CONVERSATION = [
@@ -154,6 +175,30 @@ def clip() -> Clip:
                     speakers=_env_int("LOAD_TEST_NUM_SPEAKERS", 2))
     return Clip("tone.wav", tone_with_noise(), "audio/wav", has_speech=False,
                 speakers=_env_int("LOAD_TEST_NUM_SPEAKERS"))
+
+
+@functools.cache
+def job_clip() -> Clip:
+    """The recording a JobUser submits: LOAD_TEST_JOB_AUDIO, else the clip LOAD_TEST_JOB_REPEAT times over
+    (a WAV clip; any other format is sent once)."""
+    path = os.environ.get("LOAD_TEST_JOB_AUDIO")
+    if path:
+        p = Path(path).expanduser()
+        content_type = mimetypes.guess_type(p.name)[0] or "application/octet-stream"
+        return Clip(p.name, p.read_bytes(), content_type, has_speech=True)
+    c = clip()
+    repeat = _env_int("LOAD_TEST_JOB_REPEAT", 8) or 1
+    try:
+        with wave.open(BytesIO(c.data)) as w:
+            params, frames = w.getparams(), w.readframes(w.getnframes())
+    except (wave.Error, EOFError):
+        return c
+    buf = BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setparams(params)
+        out.writeframes(frames * repeat)
+    stem = c.filename.rsplit(".", 1)[0]
+    return Clip(f"{stem}-x{repeat}.wav", buf.getvalue(), "audio/wav", c.has_speech, c.speakers)
 
 
 def clip_seconds(c: Clip) -> float | None:
@@ -293,6 +338,7 @@ class TranscriptionUser(HttpUser):
     """Uploads the clip with the weighted mix above; think time 0.5-2 s, longer after a shed."""
 
     host = "http://127.0.0.1:8000"  # loopback unless --host says otherwise
+    weight = 10
 
     def on_start(self) -> None:
         self.clip = clip()
@@ -348,6 +394,117 @@ class TranscriptionUser(HttpUser):
         self.transcribe(DIARIZED)
 
 
+def poll_delays_s(first_s: float = 1.0, factor: float = 1.5, max_s: float = 15.0) -> Iterator[float]:
+    """Seconds between two polls of a job: `first_s`, then `factor` times longer each time, at most `max_s`."""
+    delay_s = first_s
+    while True:
+        yield min(delay_s, max_s)
+        delay_s *= factor
+
+
+class JobUser(HttpUser):
+    """Submits the job clip as a durable job, follows it to its end and fetches its result as SRT; then
+    waits 5-15 s before the next. One for every ten TranscriptionUsers when both run."""
+
+    host = "http://127.0.0.1:8000"
+    weight = 1
+
+    def on_start(self) -> None:
+        self.clip = job_clip()
+        self.need_text = require_text(self.clip)
+        self.model = os.environ.get("LOAD_TEST_MODEL", "whisper-1")
+        self.timeout_s = float(os.environ.get("LOAD_TEST_TIMEOUT_S", "600"))
+        self.job_timeout_s = float(os.environ.get("LOAD_TEST_JOB_TIMEOUT_S", "1800"))
+        self.max_poll_s = float(os.environ.get("LOAD_TEST_JOB_MAX_POLL_S", "15"))
+        self.max_retry_after_s = float(os.environ.get("LOAD_TEST_MAX_RETRY_AFTER_S", "30"))
+        self.not_before = 0.0
+        key = os.environ.get("LOAD_TEST_API_KEY")
+        if key:
+            self.client.headers["Authorization"] = f"Bearer {key}"
+
+    def wait_time(self) -> float:
+        return max(random.uniform(5.0, 15.0), self.not_before - time.monotonic())
+
+    @task
+    def transcribe_as_job(self) -> None:
+        started = time.perf_counter()
+        job_id = self.submit()
+        if job_id is None:
+            return
+        problem = self.follow(job_id, started) or self.result(job_id)
+        self.environment.events.request.fire(
+            request_type="JOB", name=JOB_WHOLE, response_time=(time.perf_counter() - started) * 1000,
+            response_length=0, exception=None if problem is None else JobProblem(f"{job_id}: {problem}"),
+            context={})
+
+    def submit(self) -> str | None:
+        """POST the job; its id, or None when it was not accepted (a failure, or shed)."""
+        fields = [("model", self.model), ("response_format", "srt")]
+        files = {"file": (self.clip.filename, self.clip.data, self.clip.content_type)}
+        with self.client.post(JOB_ROUTE, data=fields, files=files, name=JOB_SUBMIT, timeout=self.timeout_s,
+                              catch_response=True) as response:
+            shed_for = retry_after_s(response.headers.get("Retry-After"))
+            if response.status_code == 503 and shed_for is not None:
+                response.request_meta["name"] = f"{JOB_SUBMIT} (shed)"
+                self.not_before = time.monotonic() + min(shed_for, self.max_retry_after_s)
+                response.success()
+                return None
+            if response.status_code != 202:
+                response.failure(f"HTTP {response.status_code}: {_error_message(response)}")
+                return None
+            try:
+                job_id = _json_body(response)["id"]
+            except (ValueError, KeyError, TypeError) as exc:
+                response.failure(f"unexpected body: {exc}")
+                return None
+            response.success()
+            return str(job_id)
+
+    def follow(self, job_id: str, started: float) -> str | None:
+        """Poll the job until it ends: None once it succeeded, else what went wrong."""
+        for delay_s in poll_delays_s(max_s=self.max_poll_s):
+            if time.perf_counter() - started > self.job_timeout_s:
+                return f"not ended after {self.job_timeout_s:.0f} s"
+            time.sleep(delay_s)  # gevent's sleep under Locust: the other users go on meanwhile
+            with self.client.get(f"/v1/jobs/{job_id}", name=JOB_POLL, timeout=self.timeout_s,
+                                 catch_response=True) as response:
+                if response.status_code != 200:
+                    response.failure(f"HTTP {response.status_code}: {_error_message(response)}")
+                    return f"status: HTTP {response.status_code}"
+                try:
+                    card = _json_body(response)
+                    status = card["status"]
+                except (ValueError, KeyError, TypeError) as exc:
+                    response.failure(f"unexpected body: {exc}")
+                    return f"status: unexpected body: {exc}"
+                response.success()
+            if status == "succeeded":
+                return None
+            if status in ("failed", "cancelled"):
+                error = card.get("error") or {}
+                return f"{status}: {error.get('message', '')}".rstrip(": ")
+        raise AssertionError("unreachable")  # poll_delays_s never ends
+
+    def result(self, job_id: str) -> str | None:
+        """Fetch the result as SRT: None if it has the cues the clip promises, else what is wrong with it."""
+        with self.client.get(f"/v1/jobs/{job_id}/result", params={"response_format": "srt"}, name=JOB_RESULT,
+                             timeout=self.timeout_s, catch_response=True) as response:
+            problem: str | None
+            if response.status_code != 200:
+                problem = f"HTTP {response.status_code}: {_error_message(response)}"
+            else:
+                problem = check_srt(response, self.need_text)
+            if problem:
+                response.failure(problem)
+                return f"result: {problem}"
+            response.success()
+            return None
+
+
+class JobProblem(Exception):
+    """Why a job, from submit to result, counts as failed in the "job [submit to result]" row."""
+
+
 def _error_message(response) -> str:
     """The OpenAI-shaped error's message, else the start of the body."""
     try:
@@ -381,25 +538,35 @@ def _row(kind: str, entry: StatsEntry) -> dict[str, Any]:
 def run_summary(environment, c: Clip) -> dict[str, Any]:
     """The finished run in one object: a row per request kind, the answered (not shed) requests together,
     all requests together, each distinct failure, locustfile errors, and audio seconds transcribed per
-    wall second (successful answers x the clip's length / Locust's elapsed time).
+    wall second (successful answers x the clip's length, plus succeeded jobs x the job clip's length, over
+    Locust's elapsed time). "succeeded" counts transcriptions: answers of POST /v1/audio/transcriptions and
+    jobs from submit to result; the requests that submit and follow a job are only rows of their own, and
+    the "job [submit to result]" row is left out of "served" (its times are whole jobs, not requests).
 
     Written at quit, once every request has ended: Locust's CSVs are snapshots taken every second and may
     miss the last ones."""
     stats: RequestStats = environment.runner.stats
     served = StatsEntry(stats, "served", "")
     for entry in stats.entries.values():
-        if not entry.name.endswith("(shed)"):
+        if not entry.name.endswith("(shed)") and entry.name != JOB_WHOLE:
             served.extend(entry)
     kinds = sorted(stats.entries.values(), key=lambda e: (e.name.endswith("(shed)"), -e.num_requests))
-    shed = stats.total.num_requests - served.num_requests
-    succeeded = served.num_requests - served.num_failures
+    shed = sum(e.num_requests for e in stats.entries.values() if e.name.endswith("(shed)"))
+    answered = sum(e.num_requests - e.num_failures for e in stats.entries.values()
+                   if e.name.startswith(f"{ROUTE} [") and not e.name.endswith("(shed)"))
+    jobs = [e for e in stats.entries.values() if e.name == JOB_WHOLE]
+    jobs_succeeded = sum(e.num_requests - e.num_failures for e in jobs)
     # Locust's own span for requests/s: from the start of the run to its last answer.
     elapsed_s = (stats.total.last_request_timestamp or stats.total.start_time) - stats.total.start_time
     clip_s = clip_seconds(c)
+    job_clip_s = clip_seconds(job_clip()) if jobs else None
+    audio_s = answered * clip_s if clip_s else None
+    if audio_s is not None and jobs_succeeded:
+        audio_s = audio_s + jobs_succeeded * job_clip_s if job_clip_s else None
     return {
         "requests": stats.total.num_requests, "failures": stats.total.num_failures, "shed": shed,
         "shed_ratio": round(shed / stats.total.num_requests, 4) if stats.total.num_requests else 0.0,
-        "succeeded": succeeded,
+        "succeeded": answered + jobs_succeeded, "jobs_succeeded": jobs_succeeded,
         "kinds": [_row(kind_of(e.name), e) for e in kinds],
         "served": _row("answered (not shed)", served),
         "total": _row("all", stats.total),
@@ -407,7 +574,8 @@ def run_summary(environment, c: Clip) -> dict[str, Any]:
                    for e in stats.errors.values()],
         "exceptions": [{"count": x["count"], "message": x["msg"]} for x in environment.runner.exceptions.values()],
         "clip": c.filename, "clip_s": round(clip_s, 3) if clip_s else None, "elapsed_s": round(elapsed_s, 3),
-        "audio_s_per_s": round(succeeded * clip_s / elapsed_s, 3) if clip_s and elapsed_s > 0 else None,
+        "job_clip_s": round(job_clip_s, 3) if job_clip_s else None,
+        "audio_s_per_s": round(audio_s / elapsed_s, 3) if audio_s is not None and elapsed_s > 0 else None,
     }
 
 

@@ -8,7 +8,9 @@
 # Settings (environment): LOAD_TEST_HOST (default http://127.0.0.1:8000; loopback addresses only),
 # LOAD_TEST_USERS (4), LOAD_TEST_SPAWN_RATE (1), LOAD_TEST_RUN_TIME (60s), LOAD_TEST_STOP_TIMEOUT (120:
 # seconds in-flight requests get to finish once the run time is up), LOAD_TEST_OUT (results folder,
-# default load_tests/results/<UTC time>), plus the locustfile's own (LOAD_TEST_AUDIO, LOAD_TEST_API_KEY, ...).
+# default load_tests/results/<UTC time>), LOAD_TEST_USER_CLASSES (the locustfile's user classes to run,
+# space-separated: "JobUser", "TranscriptionUser JobUser"; default all, by weight), plus the locustfile's
+# own (LOAD_TEST_AUDIO, LOAD_TEST_API_KEY, LOAD_TEST_JOB_REPEAT, ...).
 # Exit status: Locust's - 1 if any request failed (shed requests are not failures).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +21,7 @@ spawn_rate=${LOAD_TEST_SPAWN_RATE:-1}
 run_time=${LOAD_TEST_RUN_TIME:-60s}
 stop_timeout=${LOAD_TEST_STOP_TIMEOUT:-120}
 out=${LOAD_TEST_OUT:-load_tests/results/$(date -u +%Y%m%dT%H%M%SZ)}
+read -r -a user_classes <<< "${LOAD_TEST_USER_CLASSES:-}"
 
 # This script only ever loads this machine. A cluster is reached through `kubectl port-forward`, which
 # listens on loopback too (see load_tests/README.md).
@@ -52,7 +55,7 @@ LOAD_TEST_SUMMARY_PATH="$out/summary.json" "$locust" -f load_tests/locustfile.py
   --host "$host" --users "$users" --spawn-rate "$spawn_rate" --run-time "$run_time" \
   --stop-timeout "$stop_timeout" \
   --csv "$out/stats" --html "$out/report.html" \
-  --logfile "$out/locust.log" --loglevel INFO --only-summary || status=$?
+  --logfile "$out/locust.log" --loglevel INFO --only-summary ${user_classes[@]+"${user_classes[@]}"} || status=$?
 echo "run_local.sh: $out/summary.json (the final figures), stats_stats.csv (per request kind)," \
      "stats_failures.csv, stats_exceptions.csv, stats_stats_history.csv, report.html, locust.log"
 exit "$status"

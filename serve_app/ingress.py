@@ -257,12 +257,13 @@ class TranscriptionIngress:
                                          max_chunks_in_flight=config.max_chunks_in_flight,
                                          running_replicas=_running_replicas)
         decode = DecodeLimits(config.max_audio_duration_s, config.decode_timeout_s, config.decode_memory_limit_mib)
-        work = JobWork(pipeline, self._job_store, self._spool, decode, speed=lambda: self._admission.speed)
+        work = self._metrics.counted(JobWork(pipeline, self._job_store, self._spool, decode,
+                                             speed=lambda: self._admission.speed))
         context = serve.get_replica_context()
         self._runner = JobRunner(self._job_store, work, self._job_failure,
                                  worker=f"{context.replica_tag}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
                                  lease_s=config.lease_s,
-                                 max_running=config.max_running)
+                                 max_running=config.max_running, on_end=self._metrics.job_ended)
         secret = self._settings.callback_secret
         self._callback_policy = callbacks.CallbackPolicy(allow=tuple(config.callback_allow),
                                                          allow_http=config.callback_allow_http)
@@ -428,6 +429,7 @@ class TranscriptionIngress:
         except Exception as e:  # noqa: BLE001 - every failure is answered through error_response
             return error_response(e, request_id)
         self._runner.wake()
+        safely(self._metrics.job_submitted, job.kind)
         logger.info("request %s: accepted as %s (%.1f MiB)", request_id, job.id, form.size / _MIB)
         return JSONResponse(views.job_card(job), status_code=202, headers={"Location": f"/v1/jobs/{job.id}"})
 

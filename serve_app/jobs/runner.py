@@ -16,6 +16,11 @@ How a job ends:
   released, first in line again; the next attempt resumes after the last stage it finished;
 - the replica dies: nothing is released, the lease runs out after `lease_s`, and another runner takes
   the job over with its attempts counted (the store fails it after `max_attempts`).
+
+`on_end(job, outcome)` hears of each of these where it happens on this replica, once the store has it:
+`succeeded` (the job as finished, with its result), `failed`, `cancelled` (a cancel stopped the work here),
+`retried` (released after an error worth a retry) and `released` (handed back by `stop`). A job taken over
+by another runner after a lost lease is that runner's to report; a job cancelled while queued is no runner's.
 """
 
 from __future__ import annotations
@@ -52,12 +57,15 @@ Work = Callable[[JobContext], Coroutine[Any, Any, dict[str, Any]]]
 Failure = Callable[[BaseException, Job], tuple[bool, dict[str, Any]]]
 """How an error ends a job: (retry, OpenAI's error object)."""
 
+OnEnd = Callable[[Job, str], None]
+"""Told how a job's run here ended: succeeded, failed, cancelled, retried or released (metrics)."""
+
 
 class JobRunner:
     def __init__(self, store: JobStore, work: Work, failure: Failure, *, worker: str, lease_s: float = 30.0,
                  max_running: int = 1, poll_s: float = 1.0, heartbeat_s: float | None = None,
-                 retry_delay_s: float = 10.0) -> None:
-        self._store, self._work, self._failure = store, work, failure
+                 retry_delay_s: float = 10.0, on_end: OnEnd | None = None) -> None:
+        self._store, self._work, self._failure, self._on_end = store, work, failure, on_end
         self.worker, self.lease_s, self.max_running, self.poll_s = worker, lease_s, max_running, poll_s
         # Several heartbeats per lease: one delayed by a busy event loop does not lose the job. At most 1 s
         # apart, so that a cancel made on another replica stops the work within about a second.
@@ -129,9 +137,11 @@ class JobRunner:
         try:
             result = await work
         except asyncio.CancelledError:
-            lost = heartbeat.done() and not heartbeat.cancelled() and heartbeat.result()
-            if not lost:  # cancelled by `stop` (or a local cancel, which the store already holds)
-                await asyncio.to_thread(self._release, job)
+            lost = heartbeat.result() if heartbeat.done() and not heartbeat.cancelled() else None
+            if lost is None:  # cancelled by `stop` (or a local cancel, which the store already holds)
+                self._ended(job, await asyncio.to_thread(self._release, job))
+            elif lost == "cancelled":
+                self._ended(job, "cancelled")
             return
         except Exception as e:  # noqa: BLE001 - every failure ends or retries the job, never the runner
             retry, error = self._failure(e, job)
@@ -141,19 +151,29 @@ class JobRunner:
                 try:
                     await asyncio.sleep(self.retry_delay_s)
                 finally:  # released at once when `stop` cuts the delay short, not when the lease runs out
-                    await asyncio.to_thread(self._release, job)
+                    released = await asyncio.to_thread(self._release, job)
+                    self._ended(job, "retried" if released == "released" else released)
             else:
-                await asyncio.to_thread(self._finish, job, None, error)
+                self._ended(*await asyncio.to_thread(self._finish, job, None, error))
             return
         finally:
             heartbeat.cancel()
             self._running.pop(job.id, None)
             self._wake.set()
-        await asyncio.to_thread(self._finish, job, result, None)
+        self._ended(*await asyncio.to_thread(self._finish, job, result, None))
 
-    async def _heartbeat(self, job: Job, context: JobContext, work: asyncio.Task[Any]) -> bool:
-        """Renew the lease and record progress until cancelled; True (and `work` cancelled) once the lease
-        is lost or the job cancelled."""
+    def _ended(self, job: Job, outcome: str | None) -> None:
+        """Tell `on_end` (outcome None: nothing ended here); what it raises is logged, never the runner's."""
+        if outcome is None or self._on_end is None:
+            return
+        try:
+            self._on_end(job, outcome)
+        except Exception:  # metrics must not stop a runner
+            logger.warning("job %s: on_end(%s) failed", job.id, outcome, exc_info=True)
+
+    async def _heartbeat(self, job: Job, context: JobContext, work: asyncio.Task[Any]) -> str:
+        """Renew the lease and record progress until cancelled; once the lease is lost or the job cancelled,
+        cancel `work` and return the job's state then (`cancelled`, or another runner's `running`)."""
         recorded: dict[str, Any] = {}
         while True:
             await asyncio.sleep(self.heartbeat_s)
@@ -167,24 +187,32 @@ class JobRunner:
                 logger.info("job %s: %s; its work stops", job.id,
                             "cancelled" if e.state == "cancelled" else f"lease lost ({e})")
                 work.cancel()
-                return True
+                return e.state
             except Exception:  # the store unreachable for a moment: the lease still has time
                 logger.warning("job %s: could not renew the lease", job.id, exc_info=True)
 
-    def _finish(self, job: Job, result: dict[str, Any] | None, error: dict[str, Any] | None) -> None:
+    def _finish(self, job: Job, result: dict[str, Any] | None,
+                error: dict[str, Any] | None) -> tuple[Job, str | None]:
+        """End the job in the store: (the job as ended, its state), or (the job as claimed, `cancelled` or
+        None) when the store refused because it was cancelled or taken over meanwhile."""
         try:
             ended = self._store.finish(job.id, self.worker, result=result, error=error)
         except LeaseLost as e:  # cancelled, or taken over, meanwhile: the other outcome stands
             logger.info("job %s: not recorded as finished (%s)", job.id, e)
-            return
+            return job, "cancelled" if e.state == "cancelled" else None
         logger.info("job %s: %s", job.id, ended.state if error is None else f"failed: {error['message']}")
+        return ended, ended.state
 
-    def _release(self, job: Job) -> None:
+    def _release(self, job: Job) -> str | None:
+        """Hand the job back: `released`; `cancelled` if it was cancelled meanwhile; None if taken over or
+        the store could not be reached."""
         try:
             self._store.release(job.id, self.worker)
             logger.info("job %s: released for another runner", job.id)
-        except LeaseLost:
-            pass  # cancelled or taken over: nothing to hand back
+            return "released"
+        except LeaseLost as e:  # cancelled or taken over: nothing to hand back
+            return "cancelled" if e.state == "cancelled" else None
         except Exception:  # the lease runs out on its own; the job is taken over then
             logger.warning("job %s: could not release it; it is taken over when its lease runs out", job.id,
                            exc_info=True)
+            return None

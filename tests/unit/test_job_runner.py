@@ -414,3 +414,117 @@ async def test_stop_during_the_retry_delay_still_releases_the_job(store: JobStor
     released = state(store, job.id)
     assert (released.state, released.attempts, released.lease_until) == ("queued", 0, None), \
         "handed back now, not taken over only once its lease runs out"
+
+
+# --- on_end: how each run ended here -------------------------------------------------------------------
+
+class Ends:
+    """An on_end that keeps (job id, the job's state as handed over, outcome) of each call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+        self.jobs: list[Job] = []
+
+    def __call__(self, job: Job, outcome: str) -> None:
+        self.calls.append((job.id, job.state, outcome))
+        self.jobs.append(job)
+
+
+async def test_on_end_hears_of_a_success_with_its_result_and_of_a_failure(store: JobStore):
+    good, bad = submit(store, 2)
+    ends = Ends()
+
+    async def work(context: JobContext) -> dict[str, Any]:
+        if context.job.fields["n"] == 1:
+            raise ValueError("not decodable")
+        return {"text": "done", "duration_s": 12.5}
+
+    async with running(runner(store, work, lambda error, job: (False, ERROR), on_end=ends)):
+        await eventually(lambda: len(ends.calls) == 2)
+    assert sorted(ends.calls) == sorted([(good.id, "succeeded", "succeeded"), (bad.id, "failed", "failed")])
+    ended = {j.id: j for j in ends.jobs}
+    assert ended[good.id].result == {"text": "done", "duration_s": 12.5}, "the job as finished, with its result"
+    assert ended[bad.id].error == ERROR
+
+
+async def test_on_end_hears_of_a_retry_and_then_of_the_success(store: JobStore):
+    submit(store)
+    ends, runs = Ends(), [0]
+
+    async def work(context: JobContext) -> dict[str, Any]:
+        runs[0] += 1
+        if runs[0] == 1:
+            raise ConnectionError("asr is unavailable")
+        return {"text": "second time lucky"}
+
+    async with running(runner(store, work, lambda error, job: (True, UNAVAILABLE), retry_delay_s=0.05,
+                              on_end=ends)):
+        await eventually(lambda: len(ends.calls) == 2)
+    assert [outcome for _, _, outcome in ends.calls] == ["retried", "succeeded"]
+
+
+@pytest.mark.parametrize("where", ["another replica", "this replica"])
+async def test_on_end_hears_of_a_cancel_once(store: JobStore, where: str):
+    (job,) = submit(store)
+    started, seen, ends = asyncio.Event(), list[str](), Ends()
+    # Seen at a heartbeat when cancelled elsewhere; at once through `cancel` here, the heartbeat far off.
+    options: dict[str, Any] = {"heartbeat_s": 60.0, "lease_s": 240.0} if where == "this replica" else {}
+    r = runner(store, blocking_work(started, seen), on_end=ends, **options)
+    async with running(r):
+        await asyncio.wait_for(started.wait(), 3)
+        store.cancel(job.id)
+        if where == "this replica":
+            r.cancel(job.id)
+        await eventually(lambda: ends.calls, timeout_s=2.0)
+        await asyncio.sleep(4 * HEARTBEAT_S)
+    assert [(job_id, outcome) for job_id, _, outcome in ends.calls] == [(job.id, "cancelled")]
+
+
+async def test_on_end_hears_of_a_job_released_at_stop_and_not_of_one_taken_over(tmp_path: Path):
+    path, clock = tmp_path / "jobs.sqlite3", Clock()
+    stalled = StalledStore(SqliteJobStore(path, clock=clock))
+    alive = SqliteJobStore(path, clock=clock)
+    (job,) = submit(alive)
+    first_started, first_go, second_started = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    first_ends, second_ends = Ends(), Ends()
+    first = runner(stalled, blocking_work(first_started, [], {"text": "late"}, first_go), worker="replica-a",
+                   on_end=first_ends)
+    second = runner(alive, blocking_work(second_started, []), worker="replica-b", on_end=second_ends)
+    try:
+        async with running(first, second):
+            await asyncio.wait_for(first_started.wait(), 3)
+            stalled.stalled = {"renew"}
+            clock.advance(LEASE_S + 0.01)
+            await asyncio.wait_for(second_started.wait(), 3)
+            first_go.set()  # its late result is refused: the job is replica-b's now
+            await eventually(lambda: first.running == [])
+        # The context's exit stopped replica-b with the job in its hands: handed back.
+    finally:
+        stalled.close()
+        alive.close()
+    assert first_ends.calls == []
+    assert [(job_id, outcome) for job_id, _, outcome in second_ends.calls] == [(job.id, "released")]
+
+
+async def test_an_on_end_that_raises_does_not_stop_the_runner(store: JobStore, caplog: pytest.LogCaptureFixture):
+    calls: list[str] = []
+
+    def on_end(job: Job, outcome: str) -> None:
+        calls.append(outcome)
+        raise RuntimeError("metrics are down")
+
+    async def work(context: JobContext) -> dict[str, Any]:
+        return {"text": f"job {context.job.fields['n']}"}
+
+    first, second = submit(store, 2)
+    r = runner(store, work, on_end=on_end)
+    async with running(r) as (loop,):
+        await eventually(lambda: state(store, first.id).state == "succeeded")
+        await eventually(lambda: state(store, second.id).state == "succeeded")
+        third = store.create("transcribe", {"n": 2}, "/spool/2/upload")  # still claimed after the failures
+        r.wake()
+        await eventually(lambda: state(store, third.id).state == "succeeded")
+        assert not loop.done()
+    assert calls == ["succeeded"] * 3
+    assert [state(store, j.id).result for j in (first, second, third)] == [{"text": f"job {i}"} for i in range(3)]
+    assert "on_end(succeeded) failed" in caplog.text

@@ -43,6 +43,11 @@ CONTRACT: dict[str, tuple[str, tuple[str, ...]]] = {
     "transcription_teardown_seconds": ("gauge", ()),
     "transcription_model_unloads": ("counter", ("reason",)),
     "transcription_chunk_wait_seconds": ("histogram", ()),
+    "transcription_jobs_submitted": ("counter", ("task",)),
+    "transcription_jobs_finished": ("counter", ("task", "state")),
+    "transcription_jobs_running": ("gauge", ()),
+    "transcription_job_audio_seconds": ("counter", ("task",)),
+    "transcription_job_duration_seconds": ("histogram", ("task", "state")),
 }
 # The values the service gives its enumerated tags.
 TAG_VALUES: dict[str, set[str]] = {
@@ -52,6 +57,8 @@ TAG_VALUES: dict[str, set[str]] = {
     "status": {"200", "400", "401", "408", "413", "415", "422", "503", "500"},
     "stage": {"decode", "vad", "asr", "alignment", "diarization"},
     "reason": {"evicted", "idle", "removed", "replaced", "shutdown"},
+    "task": {"transcribe", "translate"},
+    "state": {"succeeded", "failed", "cancelled", "retried", "released"},
 }
 # Serve tags every replica metric with these; Ray every metric with NodeAddress (the node's IP) and the rest.
 SERVE_TAGS = {"application", "deployment", "replica"}
