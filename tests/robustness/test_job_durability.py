@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ import numpy as np
 import pytest
 
 from tests.redis_server import redis_server
+from tests.serve.callback_receiver import Receiver, callback_receiver
 from tests.serve.fake_app import BATCH_LOG_ENV, CALL_LOG_ENV, DELAY_ENV
 from tests.serve.served import APP, RAY_ENV, ROOT, WAIT_S, free_port, serve_config
 from tests.speech import to_wav_bytes
@@ -47,7 +46,7 @@ INGRESS = "TranscriptionIngress"
 class Service:
     url: str
     folder: Path
-    callbacks: list[str]
+    callbacks: Receiver
 
     def chunks_decoded(self) -> int:
         log = self.folder / "batches.log"
@@ -67,31 +66,12 @@ def folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def callbacks() -> Iterator[tuple[str, list[str]]]:
-    """A callback receiver on loopback: the job ids of the callbacks it got."""
-    import json
-
-    got: list[str] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            got.append(json.loads(self.rfile.read(int(self.headers["content-length"])))["id"])
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}/hook", got
-    finally:
-        server.shutdown()
-        server.server_close()
+def callbacks() -> Iterator[tuple[str, Receiver]]:
+    with callback_receiver() as receiver:
+        yield receiver.url, receiver
 
 
-def start(folder: Path, callbacks: list[str], port: int, store_url: str | None = None,
+def start(folder: Path, callbacks: Receiver, port: int, store_url: str | None = None,
           ingress_replicas: int = 1, **jobs: Any) -> Service:
     """A Ray of the test's own with the fake app deployed, keeping jobs in `folder`/data (and in the store at
     `store_url`, if given)."""
@@ -165,16 +145,16 @@ def submit_long_job(service: Service, callback_url: str) -> tuple[str, int]:
     return job_id, seconds * 16_000
 
 
-def check_finished_once(service: Service, job_id: str, samples: int, callbacks: list[str]) -> dict[str, Any]:
+def check_finished_once(service: Service, job_id: str, samples: int, callbacks: Receiver) -> dict[str, Any]:
     wait_for(lambda: job_status(service, job_id)["status"] in ("succeeded", "failed", "cancelled"), "the job's end")
     job = job_status(service, job_id)
     assert job["status"] == "succeeded", job
     with httpx.Client(base_url=service.url, timeout=WAIT_S) as http:
         result = http.get(f"/v1/jobs/{job_id}/result").json()
     assert result["text"] == " ".join(["transcribe by fake/tiny.en"] * CHUNKS)  # every chunk, once, in order
-    wait_for(lambda: job_id in callbacks, "the callback")
+    wait_for(lambda: job_id in callbacks.job_ids(), "the callback")
     time.sleep(3)  # a second callback would come within the sender's next passes
-    assert callbacks.count(job_id) == 1
+    assert callbacks.job_ids().count(job_id) == 1
     assert service.diarize_calls(samples) == 1, "the kept diarization ran again"
     assert CHUNKS <= service.chunks_decoded() <= CHUNKS + WINDOW, "kept chunks were decoded again"
     return job

@@ -11,11 +11,9 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ import httpx
 import numpy as np
 import pytest
 
+from tests.serve.callback_receiver import Receiver, callback_receiver
 from tests.serve.fake_app import BATCH_LOG_ENV, DELAY_ENV
 from tests.serve.served import WAIT_S, fake_app_served, free_port
 from tests.speech import to_wav_bytes
@@ -32,14 +31,6 @@ pytestmark = [pytest.mark.serve, pytest.mark.timeout(420)]
 DELAY_S = 0.3
 CALLBACK_KEY = "callback-key-for-tests"
 FORMATS = ("json", "text", "verbose_json", "srt", "vtt", "diarized_json")
-
-
-@dataclass
-class Receiver:
-    """A callback receiver on loopback: every POST it got, as (headers, body)."""
-
-    url: str
-    calls: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -54,25 +45,8 @@ class Served:
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
-    calls: list[tuple[dict[str, str], bytes]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["content-length"]))
-            calls.append(({k.lower(): v for k, v in self.headers.items()}, body))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *_: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield Receiver(f"http://127.0.0.1:{server.server_port}/hooks/transcripts", calls)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with callback_receiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture(scope="module")
