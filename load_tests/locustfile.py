@@ -334,14 +334,14 @@ def retry_after_s(value: str | None) -> float | None:
         return 1.0
 
 
-class TranscriptionUser(HttpUser):
-    """Uploads the clip with the weighted mix above; think time 0.5-2 s, longer after a shed."""
+class ServiceUser(HttpUser):
+    """What every user of the service shares: its clip, the model, timeouts, the API key."""
 
+    abstract = True
     host = "http://127.0.0.1:8000"  # loopback unless --host says otherwise
-    weight = 10
 
     def on_start(self) -> None:
-        self.clip = clip()
+        self.clip = self.load_clip()
         self.need_text = require_text(self.clip)
         self.model = os.environ.get("LOAD_TEST_MODEL", "whisper-1")
         self.timeout_s = float(os.environ.get("LOAD_TEST_TIMEOUT_S", "600"))
@@ -350,6 +350,15 @@ class TranscriptionUser(HttpUser):
         key = os.environ.get("LOAD_TEST_API_KEY")
         if key:
             self.client.headers["Authorization"] = f"Bearer {key}"
+
+    def load_clip(self) -> Clip:
+        return clip()
+
+
+class TranscriptionUser(ServiceUser):
+    """Uploads the clip with the weighted mix above; think time 0.5-2 s, longer after a shed."""
+
+    weight = 10
 
     def wait_time(self) -> float:
         return max(random.uniform(0.5, 2.0), self.not_before - time.monotonic())
@@ -402,25 +411,19 @@ def poll_delays_s(first_s: float = 1.0, factor: float = 1.5, max_s: float = 15.0
         delay_s *= factor
 
 
-class JobUser(HttpUser):
+class JobUser(ServiceUser):
     """Submits the job clip as a durable job, follows it to its end and fetches its result as SRT; then
     waits 5-15 s before the next. One for every ten TranscriptionUsers when both run."""
 
-    host = "http://127.0.0.1:8000"
     weight = 1
 
     def on_start(self) -> None:
-        self.clip = job_clip()
-        self.need_text = require_text(self.clip)
-        self.model = os.environ.get("LOAD_TEST_MODEL", "whisper-1")
-        self.timeout_s = float(os.environ.get("LOAD_TEST_TIMEOUT_S", "600"))
+        super().on_start()
         self.job_timeout_s = float(os.environ.get("LOAD_TEST_JOB_TIMEOUT_S", "1800"))
         self.max_poll_s = float(os.environ.get("LOAD_TEST_JOB_MAX_POLL_S", "15"))
-        self.max_retry_after_s = float(os.environ.get("LOAD_TEST_MAX_RETRY_AFTER_S", "30"))
-        self.not_before = 0.0
-        key = os.environ.get("LOAD_TEST_API_KEY")
-        if key:
-            self.client.headers["Authorization"] = f"Bearer {key}"
+
+    def load_clip(self) -> Clip:
+        return job_clip()
 
     def wait_time(self) -> float:
         return max(random.uniform(5.0, 15.0), self.not_before - time.monotonic())
