@@ -415,6 +415,9 @@ class TranscriptionIngress:
                 parsed = _parse_fields(fields, task)
                 if parsed.stream:
                     raise BadRequest("a job is not streamed: follow it at GET /v1/jobs/{id}/events", param="stream")
+                if parsed.diarize and self._diarization is None:  # refused now, as the synchronous route does
+                    raise BadRequest("speaker diarization is not enabled on this server; send diarize=false",
+                                     param="diarize")
                 if callback_url is not None:
                     await callbacks.check_url_async(callback_url, self._callback_policy)
                 await self._known_speakers(parsed)  # refused now (a bad clip, a name not enrolled), not later

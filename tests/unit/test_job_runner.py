@@ -354,17 +354,18 @@ async def test_a_stalled_runners_late_result_is_refused_after_a_takeover(tmp_pat
     second = runner(alive, blocking_work(second_started, [], {"text": "taken over", "by": "b"}, second_go),
                     worker="replica-b")
     try:
-        async with running(first, second):
-            await asyncio.wait_for(first_started.wait(), 3)
-            stalled.stalled = {"renew"}  # its heartbeats stop reaching the store; its finish still does
-            clock.advance(LEASE_S + 0.01)
-            await asyncio.wait_for(second_started.wait(), 3)
-            first_go.set()  # the first runner's work ends after all, with the job another's now
-            await eventually(lambda: first.running == [])
-            held = state(alive, job.id)
-            assert (held.state, held.worker, held.result, held.attempts) == ("running", "replica-b", None, 2)
-            second_go.set()
-            ended = await eventually(lambda: state(alive, job.id).is_final and state(alive, job.id))
+        async with running(first):
+            await asyncio.wait_for(first_started.wait(), 3)  # replica-a holds the job before replica-b runs
+            async with running(second):
+                stalled.stalled = {"renew"}  # its heartbeats stop reaching the store; its finish still does
+                clock.advance(LEASE_S + 0.01)
+                await asyncio.wait_for(second_started.wait(), 3)
+                first_go.set()  # the first runner's work ends after all, with the job another's now
+                await eventually(lambda: first.running == [])
+                held = state(alive, job.id)
+                assert (held.state, held.worker, held.result, held.attempts) == ("running", "replica-b", None, 2)
+                second_go.set()
+                ended = await eventually(lambda: state(alive, job.id).is_final and state(alive, job.id))
     finally:
         stalled.close()
         alive.close()
@@ -491,14 +492,15 @@ async def test_on_end_hears_of_a_job_released_at_stop_and_not_of_one_taken_over(
                    on_end=first_ends)
     second = runner(alive, blocking_work(second_started, []), worker="replica-b", on_end=second_ends)
     try:
-        async with running(first, second):
-            await asyncio.wait_for(first_started.wait(), 3)
-            stalled.stalled = {"renew"}
-            clock.advance(LEASE_S + 0.01)
-            await asyncio.wait_for(second_started.wait(), 3)
-            first_go.set()  # its late result is refused: the job is replica-b's now
-            await eventually(lambda: first.running == [])
-        # The context's exit stopped replica-b with the job in its hands: handed back.
+        async with running(first):
+            await asyncio.wait_for(first_started.wait(), 3)  # replica-a holds the job before replica-b runs
+            async with running(second):
+                stalled.stalled = {"renew"}
+                clock.advance(LEASE_S + 0.01)
+                await asyncio.wait_for(second_started.wait(), 3)
+                first_go.set()  # its late result is refused: the job is replica-b's now
+                await eventually(lambda: first.running == [])
+            # The inner context's exit stopped replica-b with the job in its hands: handed back.
     finally:
         stalled.close()
         alive.close()
