@@ -174,10 +174,17 @@ async def _running_replicas(handle: Any) -> int | None:
     return running
 
 
-def _warning_headers(decoded: media.DecodedAudio) -> dict[str, str]:
+def _warning_headers(decoded: media.DecodedAudio | Transcript) -> dict[str, str]:
     # Every format carries them here, subtitles, plain text and streams included; JSON bodies also list
     # them under "warnings".
     return {WARNING_HEADER: " | ".join(decoded.warnings)} if decoded.warnings else {}
+
+
+def _rendered(content: str | dict[str, Any], media_type: str, headers: dict[str, str]) -> Response:
+    """A rendered transcript (formats.render) as the response: JSON bodies as JSON, the rest as text."""
+    if isinstance(content, dict):
+        return JSONResponse(content, headers=headers)
+    return PlainTextResponse(content, media_type=media_type, headers=headers)
 
 
 def _is_shed(answer: Response) -> bool:
@@ -387,9 +394,7 @@ class TranscriptionIngress:
         headers = _warning_headers(decoded)  # Serve's proxy adds x-request-id to every response itself
         if headers:
             logger.warning("request %s: %s", request_id, headers[WARNING_HEADER])
-        if isinstance(content, dict):
-            return JSONResponse(content, headers=headers)
-        return PlainTextResponse(content, media_type=media_type, headers=headers)
+        return _rendered(content, media_type, headers)
 
     async def _known_speakers(self, parsed: TranscriptionRequest) -> tuple[SpeakerReference, ...]:
         """The request's known speakers: its reference clips decoded, or the enrolled speakers it names."""
@@ -479,10 +484,7 @@ class TranscriptionIngress:
         content, media_type = formats.render(
             transcript, response_format, subtitles=subtitles,
             granularities=frozenset(granularities or job.fields.get("timestamp_granularities") or ["segment"]))
-        headers = {WARNING_HEADER: " | ".join(transcript.warnings)} if transcript.warnings else {}
-        if isinstance(content, dict):
-            return JSONResponse(content, headers=headers)
-        return PlainTextResponse(content, media_type=media_type, headers=headers)
+        return _rendered(content, media_type, _warning_headers(transcript))
 
     async def _job_events(self, job: Job, poll_s: float = 0.5) -> AsyncIterator[str]:
         """The job's status each time it changes, until it ends (serve_app/jobs/views.py)."""

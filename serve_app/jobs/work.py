@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -37,6 +38,11 @@ from serve_app.progress import Progress
 from serve_app.schemas import TranscriptionRequest
 
 logger = logging.getLogger(__name__)
+
+
+# How each stage `Stages.keep` hands over is written to its file (<stage>.json) in the job's folder.
+_STAGE_JSON: dict[str, Callable[[Any], Any]] = {"plan": records.plan_json, "asr": records.asr_result_json,
+                                                "turns": records.turns_json}
 
 
 @dataclass(frozen=True)
@@ -75,12 +81,7 @@ class JobWork:
                 await asyncio.to_thread(self._spool.append_json, job.input, "chunks",
                                         records.decoded_chunk_json(index, decoded))
                 return
-            if stage == "plan":
-                await asyncio.to_thread(self._spool.keep_json, job.input, "plan", records.plan_json(output))
-            elif stage == "asr":
-                await asyncio.to_thread(self._spool.keep_json, job.input, "asr", records.asr_result_json(output))
-            elif stage == "turns":
-                await asyncio.to_thread(self._spool.keep_json, job.input, "turns", records.turns_json(output))
+            await asyncio.to_thread(self._spool.keep_json, job.input, stage, _STAGE_JSON[stage](output))
             await context.keep(stage)
 
         stages.keep = keep
@@ -147,7 +148,7 @@ def job_progress(progress: Progress, request: TranscriptionRequest, resumed: dic
     if chunks_total and done > kept and asr_started is not None:
         asr_elapsed = progress.elapsed_s - progress.stage_s.get("decode", 0.0) - asr_started
         eta_s = max(0.0, asr_elapsed / (done - kept) * (chunks_total - done))
-    elif progress.audio_s is not None and done == 0 and not (chunks_total and done == chunks_total):
+    elif progress.audio_s is not None and done == 0:
         eta_s = progress.audio_s / max(speed, 1e-6)
     return {
         "audio_s": progress.audio_s,
